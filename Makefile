@@ -1,0 +1,32 @@
+# `make demo` and `make test` set everything up on a fresh machine; a second run skips an install that is up to date.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+# Wheels prebuilt for this machine image (mmcv), used when the checkout sits beside ../shared.
+FIND_LINKS := $(if $(wildcard ../shared/wheels),--find-links ../shared/wheels,)
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) torch torchvision
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) -e ".[dev,demo]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m ruff check vizoo tools tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=20
+
+lint: $(STAMP)
+	$(PY) -m ruff check vizoo tools tests
+	$(PY) -m ruff format --check vizoo tools tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,163 @@
+"""The chunked torch selective scan against the sequential reference: values, gradients, dtypes, layouts, errors."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vizoo.kernels import count_kernel_macs, force_backend, selective_scan, selective_scan_macs
+
+
+def make_inputs(b, d, length, n, g, dtype=torch.float32, with_d=True, with_z=True, with_bias=True, grouped=True):
+    u = torch.randn(b, d, length, dtype=dtype)
+    delta = (torch.randn(b, d, length) * 0.5).to(dtype)
+    A = -torch.rand(d, n) * 4 - 0.1
+    shape = (b, g, n, length) if grouped else (b, n, length)
+    B = torch.randn(*shape, dtype=dtype)
+    C = torch.randn(*shape, dtype=dtype)
+    D = torch.randn(d) if with_d else None
+    z = torch.randn(b, d, length, dtype=dtype) if with_z else None
+    bias = torch.randn(d) * 0.5 if with_bias else None
+    return u, delta, A, B, C, D, z, bias
+
+
+def run(backend, inputs, softplus=True, last_state=False):
+    u, delta, A, B, C, D, z, bias = inputs
+    return selective_scan(u, delta, A, B, C, D, z, bias, softplus, last_state, backend=backend)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    groups=st.sampled_from([1, 2]),
+    per_group=st.integers(1, 3),
+    length=st.integers(1, 70),
+    n=st.sampled_from([1, 2, 16]),
+    with_d=st.booleans(),
+    with_z=st.booleans(),
+    with_bias=st.booleans(),
+    softplus=st.booleans(),
+    grouped=st.booleans(),
+)
+def test_values_and_last_state_match_reference(
+    b, groups, per_group, length, n, with_d, with_z, with_bias, softplus, grouped
+):
+    inputs = make_inputs(
+        b, groups * per_group, length, n, groups if grouped else 1, torch.float32, with_d, with_z, with_bias, grouped
+    )
+    if not softplus:  # keep the step sizes positive, as softplus would
+        inputs = (inputs[0], inputs[1].abs()) + inputs[2:]
+    y_ref, h_ref = run("reference", inputs, softplus, last_state=True)
+    y, h = run("torch", inputs, softplus, last_state=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-4)
+    assert h.shape == (b, groups * per_group, n) and not h.requires_grad
+
+
+@pytest.mark.parametrize("b,d,length,n,g", [(1, 4, 1, 1, 1), (2, 6, 37, 16, 3), (1, 8, 65, 1, 4), (2, 4, 130, 4, 2)])
+def test_gradients_match_reference(b, d, length, n, g):
+    inputs = make_inputs(b, d, length, n, g)
+    grads = {}
+    for backend in ("reference", "torch"):
+        leaves = [t.clone().requires_grad_(True) if t is not None else None for t in inputs]
+        y = run(backend, leaves)
+        y.backward(torch.ones_like(y) + torch.arange(length) / length)
+        grads[backend] = [t.grad for t in leaves]
+    for g_ref, g_torch in zip(grads["reference"], grads["torch"]):
+        torch.testing.assert_close(g_torch, g_ref, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_accumulate_in_fp32(dtype):
+    inputs = make_inputs(2, 8, 50, 4, 2, dtype=dtype)
+    y = run("torch", inputs)
+    assert y.dtype == dtype
+    # Same inputs upcast: the kernel must match the fp32 computation up to the output rounding.
+    y32 = run("reference", [t.float() if t is not None else None for t in inputs])
+    torch.testing.assert_close(y.float(), y32, rtol=1e-2, atol=1e-2)
+
+
+def test_non_contiguous_inputs():
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 6, 40, 4, 2)
+    # Same values through transposed storage.
+    nc = lambda t: t.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731
+    inputs_nc = (nc(u), nc(delta), A.t().contiguous().t(), nc(B), nc(C), D, nc(z), bias)
+    assert not inputs_nc[0].is_contiguous() and not inputs_nc[3].is_contiguous()
+    torch.testing.assert_close(
+        run("torch", inputs_nc), run("reference", (u, delta, A, B, C, D, z, bias)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_stable_for_large_steps_and_long_sequences():
+    """Strong decays over a long sequence: exp of cumulative sums would overflow here; the scan must not."""
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 3000, 16, 1)
+    delta = delta.abs() * 30.0
+    A = A * 25.0
+    y = run("torch", (u, delta, A, B, C, D, z, None), softplus=False)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(
+        y, run("reference", (u, delta, A, B, C, D, z, None), softplus=False), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_no_decay_accumulates_exactly():
+    """A = 0 makes the state a running sum of delta*u*B: a closed form to check against."""
+    u = torch.randn(1, 3, 100)
+    delta = torch.rand(1, 3, 100)
+    B = torch.randn(1, 1, 1, 100)
+    C = torch.ones(1, 1, 1, 100)
+    y = selective_scan(u, delta, torch.zeros(3, 1), B, C, backend="torch")
+    torch.testing.assert_close(y, torch.cumsum(delta * u * B[:, 0], dim=-1), rtol=1e-4, atol=1e-4)
+
+
+def test_default_backend_and_force_backend():
+    inputs = make_inputs(1, 4, 20, 2, 1)
+    with force_backend("reference"):
+        y_forced = run(None, inputs)
+    torch.testing.assert_close(run(None, inputs), y_forced, rtol=1e-4, atol=1e-4)
+    with force_backend("nope"), pytest.raises(ValueError, match="unknown backend 'nope'"):
+        run(None, inputs)
+
+
+def test_exports_with_torch_export():
+    class Scan(torch.nn.Module):
+        def forward(self, u, delta, A, B, C):
+            return selective_scan(u, delta, A, B, C, delta_softplus=True, backend="torch")
+
+    args = make_inputs(1, 4, 24, 2, 1)[:5]
+    program = torch.export.export(Scan(), args)
+    torch.testing.assert_close(program.module()(*args), Scan()(*args))
+
+
+def test_macs_formula_and_counting():
+    assert selective_scan_macs(2, 8, 10, 4, with_d=True, with_z=False) == 9 * 2 * 10 * 8 * 4 + 2 * 8 * 10
+    inputs = make_inputs(2, 8, 10, 4, 2, with_z=False)
+    with count_kernel_macs() as macs:
+        run("torch", inputs)
+    assert macs["selective_scan"] == selective_scan_macs(2, 8, 10, 4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(u=torch.randn(2, 4)), "u must be"),
+        (dict(delta=torch.randn(1, 4, 5)), "delta must have"),
+        (dict(A=torch.randn(3, 2)), "A must be"),
+        (dict(B=torch.randn(1, 3, 2, 10)), "B must be"),
+        (dict(C=torch.randn(1, 2, 2, 9)), "C must be"),
+        (dict(D=torch.randn(5)), "D must be"),
+        (dict(backend="cuda-magic"), "unknown backend"),
+    ],
+)
+def test_bad_inputs_say_what_is_wrong(change, message):
+    kwargs = dict(
+        u=torch.randn(1, 4, 10),
+        delta=torch.rand(1, 4, 10),
+        A=-torch.rand(4, 2),
+        B=torch.randn(1, 2, 2, 10),
+        C=torch.randn(1, 2, 2, 10),
+        D=torch.randn(4),
+    )
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=message):
+        selective_scan(**kwargs)

@@ -1,0 +1,426 @@
+"""VMamba: Visual State Space Model.
+
+Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024. https://arxiv.org/abs/2401.10166
+Official code: https://github.com/MzeroMiko/VMamba (weights load through ``checkpoint_filter_fn``).
+
+Two generations share one model class:
+- v2 (``vmamba_{tiny,small,base}_s{1l,2l}*``): conv stem, conv3x3 downsampling, SS2D with d_state 1 and no gate,
+  GELU MLP after every mixer.
+- v0 "vanilla" (``vanilla_vmamba_*``): 4x4 patch stem, patch merging, SS2D with d_state 16, ssm_ratio 2 and a SiLU
+  gate, no MLP.
+
+vizoo's model is channel-last (NHWC) inside, like timm's Swin and MambaOut, and its stages downsample first so that
+every stage output is a feature map at its stride. Inputs must have H and W divisible by 32: the model refuses other
+sizes rather than pad silently (resize, or pad with ``torch.nn.functional.pad``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.swin_transformer import PatchMerging
+
+from vizoo.backbones._builder import build_vizoo_model
+from vizoo.layers import ConvDownsample, ConvStem, PatchStem, VSSBlock
+from vizoo.utils.checkpoint import check_state_dict
+
+__all__ = ["VMamba"]
+
+INPUT_MULTIPLE = 32
+
+
+class VMambaStage(nn.Module):
+    """Optional downsample (all stages but the first), then ``depth`` VSS blocks. (B, H, W, C) in and out."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        downsample: str | None,
+        drop_path: list[float],
+        mlp_ratio: float,
+        **ssm_kwargs,
+    ):
+        super().__init__()
+        if downsample is None:
+            self.downsample = nn.Identity()
+        elif downsample == "conv":
+            self.downsample = ConvDownsample(in_dim, dim)
+        elif downsample == "merge":
+            self.downsample = PatchMerging(in_dim, dim)
+        else:
+            raise ValueError(f"unknown downsample {downsample!r}; use 'conv' (v2) or 'merge' (v0)")
+        self.blocks = nn.Sequential(
+            *[VSSBlock(dim, drop_path=drop_path[i], mlp_ratio=mlp_ratio, **ssm_kwargs) for i in range(depth)]
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class VMamba(nn.Module):
+    """VMamba backbone and classifier.
+
+    Args:
+        in_chans: input channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: pooling before the classifier ("avg", "max", "" for none).
+        dims: channels of the four stages.
+        depths: blocks per stage.
+        stem: "conv" (v2: two conv3x3 s2) or "patch" (v0: 4x4 patchify).
+        downsample: "conv" (v2: conv3x3 s2) or "merge" (v0: 2x2 patch merging).
+        mlp_ratio: MLP width after each mixer (0 for no MLP, as in v0).
+        d_state, ssm_ratio, gate, conv_bias: SS2D settings (see ``vizoo.layers.SS2D``).
+        scan_backend: selective-scan backend for every block (None picks per device).
+        drop_rate, drop_path_rate: classifier dropout and the maximum stochastic depth (linear over blocks).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        dims: tuple[int, ...] = (96, 192, 384, 768),
+        depths: tuple[int, ...] = (2, 2, 8, 2),
+        stem: str = "conv",
+        downsample: str = "conv",
+        mlp_ratio: float = 4.0,
+        d_state: int = 1,
+        ssm_ratio: float = 1.0,
+        gate: bool = False,
+        conv_bias: bool = False,
+        scan_backend: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.output_fmt = "NHWC"
+        if stem == "conv":
+            self.stem = ConvStem(in_chans, dims[0])
+        elif stem == "patch":
+            self.stem = PatchStem(in_chans, dims[0])
+        else:
+            raise ValueError(f"unknown stem {stem!r}; use 'conv' (v2) or 'patch' (v0)")
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            self.stages.append(
+                VMambaStage(
+                    dims[i - 1] if i else dim,
+                    dim,
+                    depth,
+                    downsample if i else None,
+                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    mlp_ratio,
+                    d_state=d_state,
+                    ssm_ratio=ssm_ratio,
+                    gate=gate,
+                    conv_bias=conv_bias,
+                    scan_backend=scan_backend,
+                )
+            )
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
+        )
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The SSM's A, D and step-size biases, by full parameter name."""
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("A_logs", "Ds", "dt_projs_bias")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` saying what to do unless x is a non-empty (B, in_chans, H, W) batch, H, W % 32 == 0."""
+        name = getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
+        if x.dim() != 4:
+            raise ValueError(
+                f"{name} expects a 4-D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name} expects {self.in_chans} input channels, got {x.shape[1]}; "
+                f"pass in_chans={x.shape[1]} to timm.create_model"
+            )
+        torch._check_with(ValueError, x.shape[0] > 0, lambda: f"{name} got an empty batch (batch size 0)")
+        h, w = x.shape[2], x.shape[3]
+        torch._check_with(
+            ValueError,
+            h % INPUT_MULTIPLE == 0 and w % INPUT_MULTIPLE == 0 and h > 0 and w > 0,
+            lambda: (
+                f"{name} needs height and width divisible by {INPUT_MULTIPLE}, got {h}x{w}; resize the input "
+                f"or pad it to {-(-h // INPUT_MULTIPLE) * INPUT_MULTIPLE}x{-(-w // INPUT_MULTIPLE) * INPUT_MULTIPLE}"
+            ),
+        )
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs at ``indices`` (an int n means the last n), as NCHW or NHWC, plus the final features."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.check_input(x)
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                x_inter = self.norm(x) if norm and i == last else x
+                intermediates.append(x_inter.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x_inter)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index in ``indices`` (and the norm/head); return the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, H/32, W/32, num_features)."""
+        self.check_input(x)
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """As the official code: truncated-normal Linear weights (std 0.02) with zero bias; LayerNorm to identity."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# Official key -> vizoo key, applied in order. Older releases used ``patch_embed.proj``/``ln_1``/``self_attention``.
+_LEGACY_RENAMES = [
+    (r"^patch_embed\.proj\.", "patch_embed.0."),
+    (r"^patch_embed\.norm\.", "patch_embed.2."),
+    (r"\.ln_1\.", ".norm."),
+    (r"\.self_attention\.", ".op."),
+    (r"^norm\.", "classifier.norm."),
+    (r"^head\.", "classifier.head."),
+]
+_STEM_RENAMES = {
+    ConvStem: {"0": "conv1", "2": "norm1", "5": "conv2", "7": "norm2"},
+    PatchStem: {"0": "conv", "2": "norm"},
+}
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VMamba) -> dict[str, torch.Tensor]:
+    """Map an official VMamba checkpoint (``classification/models/vmamba.py`` layout) to vizoo's keys.
+
+    The official model downsamples at the end of stages 0-2 (``layers.i.downsample``); vizoo at the start of stages
+    1-3 (``stages.{i+1}.downsample``). 1x1-conv weights saved as (out, in, 1, 1) are reshaped to (out, in).
+    Raises ``CheckpointError`` listing missing and unexpected keys if the result does not fit ``model``.
+    """
+    state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+    if not any(k.startswith("stages.") for k in state_dict):
+        state_dict = _rename_official(state_dict, model)
+    target = model.state_dict()
+    for k, v in state_dict.items():
+        if k in target and v.dim() == 4 and target[k].dim() == 2 and v.shape[2:] == (1, 1):
+            state_dict[k] = v.flatten(1)
+    first_conv = model.pretrained_cfg.get("first_conv", "") if hasattr(model, "pretrained_cfg") else ""
+    check_state_dict(
+        state_dict,
+        model,
+        getattr(model, "pretrained_cfg", {}).get("architecture", "VMamba"),
+        skip_prefixes=("head.",),
+        skip_shape_check=(f"{first_conv}.weight",),
+    )
+    return state_dict
+
+
+def _rename_official(state_dict: dict[str, torch.Tensor], model: VMamba) -> dict[str, torch.Tensor]:
+    stem_names = _STEM_RENAMES[type(model.stem)]
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _LEGACY_RENAMES:
+            key = re.sub(pattern, repl, key)
+        if m := re.match(r"^patch_embed\.(\d+)\.(.*)$", key):
+            key = f"stem.{stem_names.get(m[1], m[1])}.{m[2]}"
+        elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
+            key = f"stages.{m[1]}.blocks.{m[2]}"
+        elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
+            # v3 downsample is Sequential(Identity, Conv2d, Identity, LayerNorm); patch merging keeps its names.
+            rest = {"1.": "conv.", "3.": "norm."}.get(m[2][:2], m[2][:2]) + m[2][2:]
+            key = f"stages.{int(m[1]) + 1}.downsample.{rest}"
+        elif key.startswith("classifier.norm."):
+            key = "norm." + key.removeprefix("classifier.norm.")
+        elif key.startswith("classifier.head."):
+            key = "head.fc." + key.removeprefix("classifier.head.")
+        out[key] = value
+    return out
+
+
+def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
+    return build_vizoo_model(VMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(first_conv: str = "stem.conv1", **kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": first_conv,
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_ids": "arXiv:2401.10166",
+        "origin_url": "https://github.com/MzeroMiko/VMamba",
+        **kwargs,
+    }
+
+
+# Official weights are GitHub release assets of MzeroMiko/VMamba (see README); vizoo never downloads them itself, load
+# a downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+default_cfgs = generate_default_cfgs(
+    {
+        "vmamba_tiny_s1l8.in1k": _cfg(),
+        "vmamba_small_s1l20.in1k": _cfg(),
+        "vmamba_base_s1l20.in1k": _cfg(),
+        "vmamba_tiny_s2l5.in1k": _cfg(),
+        "vmamba_small_s2l15.in1k": _cfg(),
+        "vmamba_base_s2l15.in1k": _cfg(),
+        "vanilla_vmamba_tiny.in1k": _cfg(first_conv="stem.conv"),
+        "vanilla_vmamba_small.in1k": _cfg(first_conv="stem.conv"),
+        "vanilla_vmamba_base.in1k": _cfg(first_conv="stem.conv"),
+        "test_vmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
+    }
+)
+
+# The papers' settings; drop_path_rate is each variant's training value from the official configs.
+_V2 = dict(stem="conv", downsample="conv", mlp_ratio=4.0, d_state=1, gate=False, conv_bias=False)
+_V0 = dict(stem="patch", downsample="merge", mlp_ratio=0.0, d_state=16, ssm_ratio=2.0, gate=True, conv_bias=True)
+
+
+@register_model
+def vmamba_tiny_s1l8(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V2, dims=(96, 192, 384, 768), depths=(2, 2, 8, 2), ssm_ratio=1.0, drop_path_rate=0.2)
+    return _create_vmamba("vmamba_tiny_s1l8", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vmamba_small_s1l20(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V2, dims=(96, 192, 384, 768), depths=(2, 2, 20, 2), ssm_ratio=1.0, drop_path_rate=0.3)
+    return _create_vmamba("vmamba_small_s1l20", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vmamba_base_s1l20(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V2, dims=(128, 256, 512, 1024), depths=(2, 2, 20, 2), ssm_ratio=1.0, drop_path_rate=0.5)
+    return _create_vmamba("vmamba_base_s1l20", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vmamba_tiny_s2l5(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V2, dims=(96, 192, 384, 768), depths=(2, 2, 5, 2), ssm_ratio=2.0, drop_path_rate=0.2)
+    return _create_vmamba("vmamba_tiny_s2l5", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vmamba_small_s2l15(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V2, dims=(96, 192, 384, 768), depths=(2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.3)
+    return _create_vmamba("vmamba_small_s2l15", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vmamba_base_s2l15(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V2, dims=(128, 256, 512, 1024), depths=(2, 2, 15, 2), ssm_ratio=2.0, drop_path_rate=0.6)
+    return _create_vmamba("vmamba_base_s2l15", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vanilla_vmamba_tiny(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V0, dims=(96, 192, 384, 768), depths=(2, 2, 9, 2), drop_path_rate=0.2)
+    return _create_vmamba("vanilla_vmamba_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vanilla_vmamba_small(pretrained: bool = False, **kwargs) -> VMamba:
+    model_args = dict(_V0, dims=(96, 192, 384, 768), depths=(2, 2, 27, 2), drop_path_rate=0.3)
+    return _create_vmamba("vanilla_vmamba_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vanilla_vmamba_base(pretrained: bool = False, **kwargs) -> VMamba:
+    # drop_path 0.5 as in the official training yaml; the official model factory says 0.6.
+    model_args = dict(_V0, dims=(128, 256, 512, 1024), depths=(2, 2, 27, 2), drop_path_rate=0.5)
+    return _create_vmamba("vanilla_vmamba_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_vmamba(pretrained: bool = False, **kwargs) -> VMamba:
+    """A tiny v2 VMamba for tests and the demo (about 0.6 M parameters)."""
+    model_args = dict(_V2, dims=(24, 48, 96, 192), depths=(1, 1, 2, 1), ssm_ratio=1.0, mlp_ratio=2.0)
+    return _create_vmamba("test_vmamba", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,5 @@
+"""Selective scan: ``reference`` (the specification), ``chunked`` (the parallel torch path) and the picking function."""
+
+from vizoo.kernels.selective_scan.interface import BACKENDS, selective_scan, selective_scan_macs
+
+__all__ = ["BACKENDS", "selective_scan", "selective_scan_macs"]

@@ -1,0 +1,113 @@
+"""SS2D: VMamba's 2D selective-scan mixer (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024).
+
+The map is read along four routes (``cross_scan``), each route runs a selective scan with its own input-dependent
+step sizes and B/C projections, and the four outputs are summed back onto the map (``cross_merge``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from vizoo.kernels import cross_merge, cross_scan, selective_scan
+
+NUM_ROUTES = 4
+
+
+class SS2D(nn.Module):
+    """(B, H, W, C) -> (B, H, W, C).
+
+    Args:
+        dim: channels in and out.
+        d_state: SSM state size N (16 in VMamba v0, 1 in v2).
+        ssm_ratio: inner width ``d_inner = ssm_ratio * dim``.
+        dt_rank: rank of the step-size projection; "auto" is ``ceil(dim / 16)``.
+        gate: multiply the output by ``act(z)`` from a second half of ``in_proj`` (v0); v2 ("_noz") has no gate.
+        conv_kernel, conv_bias: depthwise conv applied before the scan.
+        act_layer: activation after the conv (and on the gate).
+        dt_min, dt_max, dt_init_floor: range of the initial step sizes, as in Mamba.
+        scan_backend: backend for ``selective_scan`` (None picks per device).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 1,
+        ssm_ratio: float = 1.0,
+        dt_rank: int | str = "auto",
+        gate: bool = False,
+        conv_kernel: int = 3,
+        conv_bias: bool = False,
+        act_layer: type[nn.Module] = nn.SiLU,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan_backend: str | None = None,
+    ):
+        super().__init__()
+        d_inner = int(ssm_ratio * dim)
+        self.d_inner = d_inner
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.gate = gate
+        self.scan_backend = scan_backend
+
+        self.in_proj = nn.Linear(dim, d_inner * (2 if gate else 1), bias=False)
+        self.act = act_layer()
+        self.conv2d = nn.Conv2d(
+            d_inner, d_inner, conv_kernel, padding=(conv_kernel - 1) // 2, groups=d_inner, bias=conv_bias
+        )
+        # Per-route projections, stored stacked as in the official checkpoints.
+        self.x_proj_weight = nn.Parameter(torch.empty(NUM_ROUTES, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(NUM_ROUTES, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(NUM_ROUTES, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(NUM_ROUTES * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(NUM_ROUTES * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+        """Mamba's initialisation: S4D-real A, D = 1, step sizes log-uniform in [dt_min, dt_max]."""
+        bound = self.d_inner**-0.5  # nn.Linear's default for the stacked x projections
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        dt_std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_projs_weight, -dt_std, dt_std)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
+        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        x = self.in_proj(x)
+        if self.gate:
+            x, z = x.chunk(2, dim=-1)
+            z = self.act(z)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (b, d, h, w)
+
+        xs = cross_scan(x)  # (b, 4, d, l)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = selective_scan(
+            xs.flatten(1, 2),
+            dts.flatten(1, 2),
+            -torch.exp(self.A_logs.float()),
+            Bs,
+            Cs,
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.flatten().float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+        y = cross_merge(ys.reshape(b, NUM_ROUTES, self.d_inner, h, w), out_channel_first=False)  # (b, l, d)
+        y = self.out_norm(y.view(b, h, w, self.d_inner))
+        if self.gate:
+            y = y * z
+        return self.out_proj(y)

@@ -1,0 +1,1 @@
+"""Utilities used across vizoo: checkpoint reading and complexity counting."""
