@@ -3,7 +3,9 @@
 1. Trains ``--model`` (default ``test_vmamba``) from scratch on faces vs non-faces (``vizoo.data.lfw_faces``:
    200 real 25x25 LFW crops bundled with scikit-image, resized to ``--img-size``) with timm's AdamW and cosine
    schedule, and checks that validation accuracy is well above chance.
-2. Prints the latency table of ``--bench-model`` (default ``vmamba_tiny_s1l8``) at 224x224 against DeiT-S and
+2. Exports the trained model to ONNX, checks onnxruntime against PyTorch on the validation images, and compares
+   int8 (dynamic and static QDQ) with fp32 in accuracy and latency.
+3. Prints the latency table of ``--bench-model`` (default ``vmamba_tiny_s1l8``) at 224x224 against DeiT-S and
    Swin-T, measured in the same run (CPU, batch 1, short timing).
 
 Run ``python tools/demo.py`` (what ``make demo`` runs); exits non-zero if validation accuracy <= ``--min-val-acc``.
@@ -15,7 +17,9 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -47,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bench-size", type=int, default=224)
     p.add_argument("--bench-min-time", type=float, default=1.0, help="seconds of timed passes per point")
     p.add_argument("--no-bench", action="store_true", help="skip the latency benchmark")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export, parity and int8 check")
+    p.add_argument("--output-dir", default="outputs/demo", help="where the ONNX files go")
     return p.parse_args(argv)
 
 
@@ -70,8 +76,8 @@ def accuracy(model: nn.Module, ds: TensorDataset, batch_size: int = 64) -> float
     return correct / len(ds)
 
 
-def train(args: argparse.Namespace) -> tuple[float, float]:
-    """Train ``args.model`` on LFW faces vs non-faces; returns (train accuracy, validation accuracy)."""
+def train(args: argparse.Namespace) -> tuple[nn.Module, TensorDataset, TensorDataset, float]:
+    """Train ``args.model`` on LFW faces vs non-faces; returns (model, train set, val set, validation accuracy)."""
     random_seed(args.seed)
     train_ds, val_ds = lfw_faces(img_size=args.img_size, seed=args.seed)
     model, _ = build_model(args.model, args.img_size, num_classes=2)
@@ -127,7 +133,39 @@ def train(args: argparse.Namespace) -> tuple[float, float]:
     print(f"trained in {time.perf_counter() - t0:.1f}s")
     print(f"train accuracy {train_acc:.2f}")
     print(f"validation accuracy {val_acc:.2f} (chance 0.50)")
-    return train_acc, val_acc
+    return model, train_ds, val_ds, val_acc
+
+
+def export(args: argparse.Namespace, model: nn.Module, train_ds: TensorDataset, val_ds: TensorDataset) -> bool:
+    """Export the trained model to ONNX, check parity on the validation images, and compare int8 with fp32."""
+    from vizoo.export import export_onnx, onnx_latency_ms, quantize_int8, run_onnx
+
+    model.eval()
+    out_dir = Path(args.output_dir)
+    t0 = time.perf_counter()
+    result = export_onnx(model, out_dir / f"{args.model}.onnx", img_size=args.img_size)
+    val_x, val_y = val_ds.tensors
+    with torch.no_grad():
+        torch_logits = model(val_x).numpy()
+    onnx_logits = run_onnx(result.path, val_x)
+    parity = float(np.abs(onnx_logits - torch_logits).max())
+    print(f"\nexported {result.path} ({result.nodes} nodes) in {time.perf_counter() - t0:.0f}s")
+    print(
+        f"onnxruntime vs PyTorch: max abs diff {parity:.2e} on {len(val_x)} validation images, "
+        f"{result.max_abs_diff:.2e} on scikit-image photos"
+    )
+    rows = [("fp32", result.path)]
+    rows.append(("int8 dynamic", quantize_int8(result.path, out_dir / f"{args.model}.int8-dynamic.onnx")))
+    calibration = train_ds.tensors[0][:32]
+    rows.append(("int8 static QDQ", quantize_int8(result.path, out_dir / f"{args.model}.int8-qdq.onnx", calibration)))
+    print(f"{'onnxruntime CPU':<16} {'val acc':>7} {'latency ms':>10} {'vs fp32':>8}")
+    base_ms = None
+    for label, path in rows:
+        acc = float((run_onnx(path, val_x).argmax(-1) == val_y.numpy()).mean())
+        ms = onnx_latency_ms(path, val_x[:1])
+        base_ms = base_ms or ms
+        print(f"{label:<16} {acc:>7.2f} {ms:>10.2f} {ms / base_ms:>7.2f}x")
+    return parity <= 1e-4
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -161,12 +199,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     start = time.perf_counter()
-    _, val_acc = train(args)
+    model, train_ds, val_ds, val_acc = train(args)
+    parity_ok = args.no_export or export(args, model, train_ds, val_ds)
     if not args.no_bench:
         bench(args)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f}s")
     if val_acc <= args.min_val_acc:
         print(f"FAILED: validation accuracy {val_acc:.2f} <= {args.min_val_acc}", file=sys.stderr)
+        return 1
+    if not parity_ok:
+        print("FAILED: the ONNX export differs from PyTorch by more than 1e-4", file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,4 @@
-"""The ``vizoo`` command: ``vizoo list``, ``vizoo info MODEL`` and ``vizoo bench MODEL ...``.
+"""The ``vizoo`` command: ``vizoo list``, ``vizoo info MODEL``, ``vizoo bench MODEL ...``, ``vizoo export MODEL``.
 
 ``main(argv)`` returns the exit code (0 success, 1 failure, 2 usage error / unknown model) so it can be called
 in-process; the console script and ``python -m vizoo`` wrap it in ``SystemExit``.
@@ -11,6 +11,7 @@ import difflib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import timm
 import torch
@@ -169,11 +170,58 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if any(r.latency_ms is not None for r in rows if r.role == "model") else 1
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from vizoo import export
+        from vizoo.data import image_folder
+    except ImportError as e:
+        _err(f"ONNX export needs the onnx extra ({e}); run: pip install -e '.[onnx]'")
+        return 2
+    if not timm.is_model(args.model):
+        return _unknown_model(args.model)
+    output = args.output or f"{args.model}.onnx"
+    try:
+        model = export.resolve_model(args.model, **({"checkpoint_path": args.checkpoint} if args.checkpoint else {}))
+        shape = export.input_shape(model, args.img_size)
+        calibration = None
+        if args.int8 and args.int8 != "dynamic":
+            cfg = model.pretrained_cfg
+            calibration = image_folder(args.int8, shape, cfg.get("mean"), cfg.get("std"))
+        result = export.export_onnx(
+            model,
+            output,
+            args.img_size,
+            dynamic_batch=args.dynamic_batch,
+            opset=args.opset,
+            fp16=args.fp16,
+            check=args.check,
+        )
+    except ValueError as e:  # ExportError, the model's input checks, empty calibration folders
+        _err(str(e))
+        return 2
+    ops = ", ".join(f"{op} {n}" for op, n in result.op_counts.most_common(8))
+    print(f"wrote {result.path}: {result.nodes} nodes, input (batch, {', '.join(map(str, shape))})")
+    print(f"  ops: {ops}")
+    if result.max_abs_diff is not None:
+        print(f"  onnxruntime vs PyTorch on real images: max abs diff {result.max_abs_diff:.2e}")
+    if args.int8:
+        q_path = export.quantize_int8(result.path, Path(output).with_suffix(".int8.onnx"), calibration)
+        mode = "dynamic" if calibration is None else f"static QDQ, {len(calibration)} calibration images"
+        print(f"wrote {q_path} (int8, {mode})")
+    if args.ort:
+        for path in export.convert_to_ort(result.path):
+            print(f"wrote {path}")
+        for ep, r in export.mobile_usability(result.path).items():
+            share = f"{r['nodes']}/{r['total']}" if r["total"] else "0"
+            print(f"  {ep}: {share} nodes in {r['partitions']} partitions")
+    return 0 if result.max_abs_diff is None or result.max_abs_diff <= args.tolerance else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``vizoo`` command."""
     parser = argparse.ArgumentParser(prog="vizoo", description="Efficient vision backbones registered in timm.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,info,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,info,bench,export}")
 
     p = sub.add_parser("list", help="list vizoo models with params and GMACs")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'vmamba*' (default: all)")
@@ -202,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--plot", metavar="PNG", help="write a log-log latency plot to this file")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("export", help="export a model to ONNX, check it in onnxruntime, quantize, convert for mobile")
+    p.add_argument("model")
+    p.add_argument("--output", help="ONNX file (default: MODEL.onnx)")
+    p.add_argument("--checkpoint", help="weights to load first (timm checkpoint_path)")
+    p.add_argument("--img-size", type=int, help="square input size (default: the model's cfg input size)")
+    p.add_argument("--static-batch", dest="dynamic_batch", action="store_false", help="fix the batch size to 1")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--fp16", action="store_true", help="float16 weights and activations, float32 inputs/outputs")
+    p.add_argument(
+        "--int8",
+        metavar="CALIB_DIR",
+        help="also write MODEL.int8.onnx: static QDQ calibrated on the "
+        "images in CALIB_DIR, or 'dynamic' for weight-only dynamic quantization",
+    )
+    p.add_argument("--ort", action="store_true", help="convert to ORT format and report NNAPI/CoreML coverage")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime parity check")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff allowed by the check (exit 1 above)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -174,6 +174,8 @@ class VMamba(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` saying what to do unless x is a non-empty (B, in_chans, H, W) batch, H, W % 32 == 0."""
+        if torch.jit.is_tracing():  # shapes are traced tensors here; the traced graph is specialised anyway
+            return
         name = getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
         if x.dim() != 4:
             raise ValueError(

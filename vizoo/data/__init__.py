@@ -1,5 +1,15 @@
 """Small datasets for demos and tests."""
 
+from .images import image_folder, photo_batch, to_input
 from .toy import LFW_CLASSES, digits, lfw_faces, stratified_split, to_tensor_datasets
 
-__all__ = ["LFW_CLASSES", "digits", "lfw_faces", "stratified_split", "to_tensor_datasets"]
+__all__ = [
+    "LFW_CLASSES",
+    "digits",
+    "image_folder",
+    "photo_batch",
+    "to_input",
+    "lfw_faces",
+    "stratified_split",
+    "to_tensor_datasets",
+]

@@ -92,9 +92,10 @@ class SS2D(nn.Module):
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (b, d, h, w)
 
         xs = cross_scan(x)  # (b, 4, d, l)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        # Per-route projections as batched matmuls (ONNX MatMul; mobile runtimes have no Einsum).
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (4, c, d) @ (b, 4, d, l) -> (b, 4, c, l)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
         ys = selective_scan(
             xs.flatten(1, 2),
             dts.flatten(1, 2),

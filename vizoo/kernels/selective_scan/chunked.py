@@ -10,7 +10,7 @@ step of the loops reads contiguous memory.
 
 Numerics: decays enter only as products of factors ``exp(Δ_t A) <= 1`` (for ``A <= 0``) within a chunk or across
 chunk ends, never as ``exp`` of a cumulative sum, so nothing overflows. All arithmetic is fp32. Only elementwise ops,
-``cumprod`` and sums are used, so the path traces and exports, and ``torch.utils.flop_counter`` sees none of it
+products and sums are used, so the path traces and exports, and ``torch.utils.flop_counter`` sees none of it
 (the kernel reports its own MACs).
 """
 
@@ -40,7 +40,7 @@ def _to_chunk_major(x: torch.Tensor) -> torch.Tensor:
     pad = -x.shape[-1] % CHUNK
     if pad:
         x = F.pad(x, (0, pad))
-    return x.unflatten(-1, (-1, CHUNK)).transpose(-1, -2)
+    return x.unflatten(-1, (x.shape[-1] // CHUNK, CHUNK)).transpose(-1, -2)
 
 
 def _from_chunk_major(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -49,11 +49,26 @@ def _from_chunk_major(x: torch.Tensor, length: int) -> torch.Tensor:
 
 def _recurrence_chunk_major(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The recurrence on chunk-major tensors (..., CHUNK, chunks); returns h in the same layout."""
-    h_local = _sequential(a, b, dim=-2)  # each chunk scanned from a zero state
-    decay = a.cumprod(-2)  # decay from each chunk's start to each position
-    h_end = linear_recurrence(decay[..., -1, :], h_local[..., -1, :])  # true end state of every chunk
-    h_start = F.pad(h_end[..., :-1], (1, 0))  # state entering each chunk
-    return torch.addcmul(h_local, decay, h_start.unsqueeze(-2))
+    a, b = a.unbind(-2), b.unbind(-2)
+    h = _chunk_start_states(a, b)
+    states = []
+    for t in range(CHUNK):
+        h = torch.addcmul(b[t], a[t], h)
+        states.append(h)
+    return torch.stack(states, dim=-2)
+
+
+def _chunk_start_states(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The true state entering every chunk, (..., chunks), from the per-position slices ``a[t]``, ``b[t]``.
+
+    Each chunk scanned from a zero state gives its end state and total decay; the recurrence over chunks (one level
+    up, recursively) then carries the states across chunk boundaries.
+    """
+    h, decay = b[0], a[0]
+    for t in range(1, len(b)):
+        h = torch.addcmul(b[t], a[t], h)
+        decay = decay * a[t]
+    return F.pad(linear_recurrence(decay, h)[..., :-1], (1, 0))
 
 
 def _sequential(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -89,32 +104,27 @@ def selective_scan_chunked(
         delta = F.softplus(delta)
     # Reorder the small (n-free) inputs to chunk-major first, so the large (b, g, d/g, n, CHUNK, chunks) tensors are
     # born contiguous. The group axis lets B and C broadcast over their channels without copies.
-    dt = _to_chunk_major(delta).view(b, g, d // g, 1, CHUNK, -1)
-    dtu = _to_chunk_major(delta * u32).view(b, g, d // g, 1, CHUNK, -1)
+    # Shapes are spelled with unflatten/flatten, never view(b, ...), so a symbolic batch size exports cleanly.
+    dt = _to_chunk_major(delta).unflatten(1, (g, d // g)).unsqueeze(3)
+    dtu = _to_chunk_major(delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)
     B = _to_chunk_major(B.float()).unsqueeze(2)  # (b, g, 1, n, CHUNK, chunks)
     C = _to_chunk_major(C.float()).unsqueeze(2)
     a = torch.exp(dt * A.float().view(1, g, d // g, n, 1, 1)).unbind(-2)
     bx = (dtu * B).unbind(-2)
-    # Pass 1: every chunk scanned from a zero state gives its end state and its total decay; the true state entering
-    # each chunk then follows from the recurrence over chunks.
-    h, decay = bx[0], a[0]
-    for t in range(1, CHUNK):
-        h = torch.addcmul(bx[t], a[t], h)
-        decay = decay * a[t]
-    h = F.pad(linear_recurrence(decay, h)[..., :-1], (1, 0))
-    # Pass 2: rerun each chunk from its true entering state and read the output out at every position. No state is
-    # stored for all positions; padding steps (delta = 0) leave h unchanged, so h ends as the state at l - 1.
+    h = _chunk_start_states(a, bx)
+    # Rerun each chunk from its true entering state and read the output out at every position; no state is kept for
+    # all positions. Padding steps (delta = 0) leave h unchanged, so h ends as the state at l - 1.
     C = C.unbind(-2)
     ys = []
     for t in range(CHUNK):
         h = torch.addcmul(bx[t], a[t], h)
         ys.append(h.squeeze(3) * C[t].squeeze(3) if n == 1 else (h * C[t]).sum(3))
-    y = _from_chunk_major(torch.stack(ys, dim=-2).view(b, d, CHUNK, -1), length)
+    y = _from_chunk_major(torch.stack(ys, dim=-2).flatten(1, 2), length)
     if D is not None:
         y = torch.addcmul(y, D.float()[:, None], u32)
     if z is not None:
         y = y * F.silu(z.float())
     y = y.to(u.dtype)
     if return_last_state:
-        return y, h[..., -1].reshape(b, d, n).detach()
+        return y, h[..., -1].flatten(1, 2).detach()
     return y

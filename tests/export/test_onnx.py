@@ -1,0 +1,133 @@
+"""ONNX export: parity in onnxruntime on real images, graph contents, dynamic batch, fp16, int8, mobile, errors."""
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import vizoo  # noqa: F401
+from vizoo.data import photo_batch
+from vizoo.export import (
+    ExportError,
+    convert_to_ort,
+    export_onnx,
+    max_abs_diff,
+    mobile_usability,
+    quantize_int8,
+    run_onnx,
+)
+
+SMALL_MODELS = [name for name in vizoo.list_models() if name.startswith("test_")]
+FORBIDDEN_OPS = {"Loop", "Scan", "CumSum", "Einsum", "If"}  # no control flow; nothing mobile runtimes lack for scans
+
+
+@pytest.fixture(scope="module", params=SMALL_MODELS)
+def exported(request, tmp_path_factory):
+    """The small variant of every family, exported once per worker: (model, ExportResult)."""
+    model = timm.create_model(request.param).eval()
+    return model, export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
+
+
+def test_parity_and_dynamic_batch_on_real_images(exported):
+    model, result = exported
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    for batch in (1, 5):
+        images = photo_batch(model.pretrained_cfg["input_size"], count=batch)
+        assert max_abs_diff(result.path, model, images) <= 1e-4
+
+
+def test_graph_is_plain_and_uses_native_layernorm(exported):
+    _, result = exported
+    graph = onnx.load(result.path)
+    onnx.checker.check_model(graph)
+    ops = {n.op_type for n in graph.graph.node}
+    assert not ops & FORBIDDEN_OPS, ops & FORBIDDEN_OPS
+    assert "LayerNormalization" in ops and "MatMul" in ops
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert all(o.domain in ("", "ai.onnx") for o in graph.opset_import if o.version)  # no ATen fallback ops
+
+
+def test_trained_weights_survive_export(tmp_path):
+    """A model whose weights moved away from init (perturbed SSM parameters) keeps parity."""
+    model = timm.create_model("test_vmamba", num_classes=3, in_chans=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    result = export_onnx(model, tmp_path / "m.onnx", img_size=96, dynamic_batch=False)
+    assert result.max_abs_diff <= 1e-4
+    assert run_onnx(result.path, torch.randn(1, 1, 96, 96)).shape == (1, 3)
+
+
+def test_fp16_export_is_close(exported, tmp_path):
+    model, _ = exported
+    result = export_onnx(model, tmp_path / "fp16.onnx", fp16=True, check=False)
+    images = photo_batch(model.pretrained_cfg["input_size"])
+    with torch.no_grad():
+        expected = model(images).numpy()
+    out = run_onnx(result.path, images)
+    assert out.dtype == np.float32
+    assert np.abs(out - expected).max() <= 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_int8_quantization_runs_and_stays_close(exported, tmp_path, calibrate):
+    model, result = exported
+    images = photo_batch(model.pretrained_cfg["input_size"], count=7)
+    q_path = quantize_int8(result.path, tmp_path / "q.onnx", calibration=images[:4] if calibrate else None)
+    graph = onnx.load(q_path)
+    ops = {n.op_type for n in graph.graph.node}
+    assert ops & ({"QuantizeLinear", "DequantizeLinear"} if calibrate else {"MatMulInteger", "DynamicQuantizeLinear"})
+    fp32, int8 = run_onnx(result.path, images), run_onnx(q_path, images)
+    correlation = np.corrcoef(fp32.ravel(), int8.ravel())[0, 1]
+    assert correlation > 0.9, correlation
+
+
+def test_mobile_report_and_ort_format(exported):
+    _, result = exported
+    report = mobile_usability(result.path)
+    assert {"NNAPI", "CoreML MLProgram"} <= set(report)
+    fixed = report["CoreML MLProgram (fixed shapes)"]
+    assert 0 < fixed["nodes"] <= fixed["total"] and fixed["partitions"] >= 1
+    files = convert_to_ort(result.path)
+    assert files and all(f.stat().st_size > 0 for f in files)
+
+
+def test_vmamba_tiny_graph_size(tmp_path):
+    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (with parity at 224)."""
+    result = export_onnx("vmamba_tiny_s1l8", tmp_path / "tiny.onnx")
+    assert result.nodes <= 5000, result.nodes
+    assert result.max_abs_diff <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(model="vmamba_tinyy"), "unknown model 'vmamba_tinyy'. Did you mean"),
+        (dict(model="test_vmamba", img_size=70), "divisible by 32, got 70x70"),
+        (dict(model="test_vmamba", opset=13), "opset 13 is too old"),
+    ],
+)
+def test_bad_requests_say_what_to_do(tmp_path, kwargs, message):
+    with pytest.raises((ExportError, ValueError), match=message):
+        export_onnx(output=tmp_path / "x.onnx", **kwargs)
+
+
+def test_cli_export_and_calibration_errors(tmp_path, capsys):
+    from vizoo.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", "test_vmamba", "--output", str(tmp_path / "a.onnx"), "--int8", str(empty)]) == 2
+    assert "has no images" in capsys.readouterr().err
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, img in enumerate(photo_batch((3, 80, 80), count=2)):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 50 + 128).clip(0, 255).astype(np.uint8)).save(
+            calib / f"{i}.png"
+        )
+    code = main(["export", "test_vmamba", "--output", str(tmp_path / "b.onnx"), "--int8", str(calib)])
+    out = capsys.readouterr().out
+    assert code == 0 and "max abs diff" in out and "int8, static QDQ, 2 calibration images" in out
+    assert (tmp_path / "b.int8.onnx").exists()

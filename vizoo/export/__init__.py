@@ -1,0 +1,29 @@
+"""ONNX export for edge deployment (needs the ``onnx`` extra)."""
+
+from vizoo.export.onnx import (
+    ExportError,
+    ExportResult,
+    convert_to_ort,
+    export_onnx,
+    input_shape,
+    max_abs_diff,
+    mobile_usability,
+    onnx_latency_ms,
+    quantize_int8,
+    resolve_model,
+    run_onnx,
+)
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "convert_to_ort",
+    "export_onnx",
+    "input_shape",
+    "max_abs_diff",
+    "mobile_usability",
+    "onnx_latency_ms",
+    "quantize_int8",
+    "resolve_model",
+    "run_onnx",
+]

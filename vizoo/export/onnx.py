@@ -1,0 +1,251 @@
+"""ONNX export for edge runtimes: export, parity in onnxruntime, mobile checks, ORT format, int8 and fp16.
+
+Kernels run their exportable torch paths while exporting (``force_backend("torch")``): the selective scan becomes
+elementwise Mul/Add/Exp over chunks, with no Loop, Scan, CumSum or Einsum nodes. The graph is simplified with
+onnxslim. Opset 17 or newer, so LayerNormalization is one native node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from vizoo.kernels import force_backend
+
+_logger = logging.getLogger(__name__)
+
+MIN_OPSET = 17  # LayerNormalization became an ONNX op in opset 17
+DEFAULT_OPSET = 18
+
+
+class ExportError(ValueError):
+    """Export cannot proceed as asked; the message says what to change."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    nodes: int
+    op_counts: Counter = field(default_factory=Counter)
+    max_abs_diff: float | None = None
+
+
+def resolve_model(model: torch.nn.Module | str, **kwargs) -> torch.nn.Module:
+    """A model instance, or a registered timm/vizoo name built in eval mode (no weights are downloaded)."""
+    if isinstance(model, torch.nn.Module):
+        return model.eval()
+    if not timm.is_model(model):
+        import difflib
+
+        close = difflib.get_close_matches(model, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ExportError(f"unknown model {model!r}.{hint} Run `vizoo list` to see vizoo's models.")
+    return timm.create_model(model, pretrained=False, **kwargs).eval()
+
+
+def input_shape(model: torch.nn.Module, img_size: int | tuple[int, int] | None) -> tuple[int, int, int]:
+    """(C, H, W) from ``img_size`` or the model's pretrained cfg."""
+    c, h, w = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    c = getattr(model, "in_chans", c)
+    if img_size is not None:
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    return c, h, w
+
+
+def export_onnx(
+    model: torch.nn.Module | str,
+    output: str | os.PathLike,
+    img_size: int | tuple[int, int] | None = None,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+    simplify: bool = True,
+    fp16: bool = False,
+    check: bool = True,
+) -> ExportResult:
+    """Export ``model`` (an instance or a model name) to ONNX at ``output``; input "image" (B, C, H, W) -> "output".
+
+    With ``check``, the ONNX model is run in onnxruntime on real images and compared with PyTorch (``max_abs_diff``).
+    ``fp16`` stores weights and activations in float16 with float32 inputs and outputs.
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: vizoo graphs need opset >= {MIN_OPSET} for LayerNormalization")
+    model = resolve_model(model)
+    shape = input_shape(model, img_size)
+    example = torch.randn(2 if dynamic_batch else 1, *shape)
+    with torch.no_grad():
+        model(example)  # fails here, with the model's own message, on a size or channel count it cannot take
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with force_backend("torch"), torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["output"],
+            dynamic_shapes=({0: "batch"},) if dynamic_batch else None,
+            verbose=False,
+        )
+    import onnx
+
+    onnx_model = program.model_proto
+    if simplify:
+        import onnxslim
+
+        onnx_model = onnxslim.slim(onnx_model)
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx_model = convert_float_to_float16(onnx_model, keep_io_types=True)
+    onnx.save(onnx_model, output)
+    result = ExportResult(output, len(onnx_model.graph.node), Counter(n.op_type for n in onnx_model.graph.node))
+    if check:
+        images = sample_images(shape, model, count=4 if dynamic_batch else 1)
+        result.max_abs_diff = max_abs_diff(output, model, images)
+    return result
+
+
+def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = None, count: int = 4) -> torch.Tensor:
+    """Real photographs from scikit-image, resized to (C, H, W) and normalised with the model's mean and std."""
+    from vizoo.data import photo_batch
+
+    cfg = getattr(model, "pretrained_cfg", {}) if model is not None else {}
+    return photo_batch(shape, mean=cfg.get("mean"), std=cfg.get("std"), count=count)
+
+
+def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+
+
+def onnx_latency_ms(path: str | os.PathLike, x: torch.Tensor, runs: int = 50, warmup: int = 5) -> float:
+    """Median milliseconds of one onnxruntime CPU run on ``x``."""
+    import time
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Largest absolute difference between onnxruntime (CPU) and PyTorch eager on ``images``."""
+    with torch.no_grad():
+        expected = model(images).numpy()
+    return float(np.abs(run_onnx(path, images) - expected).max())
+
+
+def mobile_usability(path: str | os.PathLike) -> dict[str, dict]:
+    """Run onnxruntime's mobile usability checker; per execution provider, nodes it takes and in how many partitions.
+
+    Returns ``{ep: {"nodes": taken, "total": all, "partitions": n, "fixed_shape": bool}}`` for the checker's
+    as-is report and, where it prints one, the report with fixed input shapes.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"mobile usability checker failed on {path}:\n{log[-2000:]}")
+    report: dict[str, dict] = {}
+    ep = None
+    fixed = False
+    for line in log.splitlines():
+        if m := re.search(r"Checking (?:if model will perform well with |)(NNAPI|CoreML \w+)", line):
+            ep, fixed = m[1], False
+        elif "if the dynamic shapes are fixed" in line:
+            fixed = True
+        elif ep and (m := re.search(r"(\d+) partitions? with a total of (\d+)/(\d+) nodes", line)):
+            key = f"{ep} (fixed shapes)" if fixed else ep
+            report[key] = {"partitions": int(m[1]), "nodes": int(m[2]), "total": int(m[3])}
+        elif ep and (m := re.search(r"(NNAPI|CoreML \w+) cannot run any nodes", line)):
+            report.setdefault(f"{ep} (fixed shapes)" if fixed else ep, {"partitions": 0, "nodes": 0, "total": None})
+    return report
+
+
+def convert_to_ort(path: str | os.PathLike) -> list[Path]:
+    """ORT format for mobile runtimes (``--optimization_style Runtime``, for NNAPI/CoreML); returns the .ort files."""
+    path = Path(path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime.tools.convert_onnx_models_to_ort",
+            str(path),
+            "--optimization_style",
+            "Runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    files = sorted(path.parent.glob(path.stem + "*.ort"))
+    if proc.returncode != 0 or not files:
+        raise RuntimeError(f"ORT conversion failed for {path}:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    return files
+
+
+def quantize_int8(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    calibration: torch.Tensor | None = None,
+) -> Path:
+    """int8 with onnxruntime: dynamic (weights only) without ``calibration``, static QDQ calibrated on it otherwise.
+
+    Dynamic suits linear-heavy models; static QDQ (per-channel, MinMax) suits conv-heavy ones. LayerNorm and Softmax
+    stay in float.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    output = Path(output)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        if calibration is None:
+            quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
+        else:
+            quantize_static(
+                str(prepared),
+                str(output),
+                _CalibrationReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            )
+    return output
+
+
+class _CalibrationReader:
+    """onnxruntime CalibrationDataReader over a tensor of images, one image per step."""
+
+    def __init__(self, images: torch.Tensor):
+        self._batches = iter([{"image": images[i : i + 1].numpy()} for i in range(len(images))])
+
+    def get_next(self):
+        return next(self._batches, None)
