@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Run vizoo's Triton kernels through Triton's CPU interpreter (tests/kernels). Triton reads this when jit functions
+    # are defined, its own standard library included at ``import triton``, and timm imports triton: so it is set here,
+    # before pytest imports any test module, not in tests/kernels/conftest.py.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores
 

@@ -1,17 +1,26 @@
 """Backend selection shared by every kernel.
 
-A kernel registers its implementations by name (``"reference"``, ``"torch"``, later ``"triton"``). Callers pass
+A kernel registers its implementations by name (``"reference"``, ``"torch"``, ``"triton"``). Callers pass
 ``backend=None`` to get the best path for the tensor's device, or a name to force one. ``force_backend`` overrides the
 choice for a whole block of code, e.g. ``with force_backend("reference"): model(x)`` to check a model against the
 specification.
+
+The default is ``"triton"`` for CUDA tensors when triton is installed, and ``"torch"`` otherwise: on the CPU, and
+whenever a model is being exported (``torch.export`` or ONNX), so that exported graphs hold plain torch ops that run
+anywhere. A forced ``"triton"`` is honoured during ``torch.export`` (the graph then holds vizoo's custom ops). On a
+CPU, Triton kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``, set before triton is first imported).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 from collections.abc import Callable, Iterator
 
 import torch
+
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 _forced: list[str] = []
 
@@ -30,12 +39,39 @@ def available_backends(registry: dict[str, Callable]) -> list[str]:
     return sorted(registry)
 
 
+def is_exporting() -> bool:
+    """True inside ``torch.export`` (which the ONNX exporter also runs) or the TorchScript-based ONNX export."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.onnx.is_in_onnx_export() or (exporting is not None and exporting())
+
+
+def default_backend(registry: dict[str, Callable], device: torch.device) -> str:
+    if "triton" in registry and device.type == "cuda" and TRITON_INSTALLED and not is_exporting():
+        return "triton"
+    return "torch"
+
+
+def triton_problem(device: torch.device) -> str | None:
+    """Why Triton kernels cannot run on ``device`` here, or None if they can."""
+    if not TRITON_INSTALLED:
+        return "needs the triton package, which is not installed; pip install triton, or use backend='torch'"
+    if device.type == "cuda":
+        return None
+    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):  # as triton reads it
+        return (
+            f"runs on CUDA tensors; {device.type} tensors run only under Triton's interpreter: set "
+            "TRITON_INTERPRET=1 before triton is first imported (importing timm imports it), or use backend='torch'"
+        )
+    return None
+
+
 def pick_backend(op: str, registry: dict[str, Callable], requested: str | None, device: torch.device) -> Callable:
     """Return the implementation of ``op`` for ``requested`` (or the default for ``device`` when None)."""
     name = requested if requested is not None else (_forced[-1] if _forced else None)
     if name is None:
-        # Only CPU-friendly paths exist so far; "torch" is the fast exportable one on every device.
-        name = "torch"
+        name = default_backend(registry, device)
     if name not in registry:
         raise ValueError(f"{op}: unknown backend {name!r}; choose one of {available_backends(registry)} or pass None")
+    if name == "triton" and (problem := triton_problem(device)) is not None:
+        raise RuntimeError(f"{op}: backend 'triton' {problem}")
     return registry[name]

@@ -1,7 +1,9 @@
 """SS2D: VMamba's 2D selective-scan mixer (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024).
 
-The map is read along four routes (``cross_scan``), each route runs a selective scan with its own input-dependent
-step sizes and B/C projections, and the four outputs are summed back onto the map (``cross_merge``).
+The map is read along four routes, each route runs a selective scan with its own input-dependent step sizes and B/C
+projections, and the four outputs are summed back onto the map: ``cross_selective_scan`` does the three steps in one
+call (one fused kernel on the GPU, so the four route copies of the map are never stored). The small per-route
+projections are computed on the map and put in route order (``route_order``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
-from vizoo.kernels import cross_merge, cross_scan, selective_scan
+from vizoo.kernels import cross_selective_scan, route_order
 
 NUM_ROUTES = 4
 
@@ -28,7 +30,7 @@ class SS2D(nn.Module):
         conv_kernel, conv_bias: depthwise conv applied before the scan.
         act_layer: activation after the conv (and on the gate).
         dt_min, dt_max, dt_init_floor: range of the initial step sizes, as in Mamba.
-        scan_backend: backend for ``selective_scan`` (None picks per device).
+        scan_backend: backend for the scan kernels (None picks per device; see ``vizoo.kernels.backend``).
     """
 
     def __init__(
@@ -91,23 +93,24 @@ class SS2D(nn.Module):
             z = self.act(z)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (b, d, h, w)
 
-        xs = cross_scan(x)  # (b, 4, d, l)
-        # Per-route projections as batched matmuls (ONNX MatMul; mobile runtimes have no Einsum).
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (4, c, d) @ (b, 4, d, l) -> (b, 4, c, l)
+        # Per-route projections as batched matmuls (ONNX MatMul; mobile runtimes have no Einsum), on the map, then each
+        # route's few channels put in its route order; the d-channel map itself is read along the routes by the scan.
+        x_dbl = torch.matmul(self.x_proj_weight, x.flatten(2).unsqueeze(1))  # (4, c, d) @ (b, 1, d, l) -> (b, 4, c, l)
+        x_dbl = route_order(x_dbl.unflatten(-1, (h, w)), backend=self.scan_backend)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
-        ys = selective_scan(
-            xs.flatten(1, 2),
-            dts.flatten(1, 2),
+        y = cross_selective_scan(
+            x,
+            dts,
             -torch.exp(self.A_logs.float()),
             Bs,
             Cs,
             self.Ds.float(),
             delta_bias=self.dt_projs_bias.flatten().float(),
             delta_softplus=True,
+            out_channel_first=False,
             backend=self.scan_backend,
-        )
-        y = cross_merge(ys.reshape(b, NUM_ROUTES, self.d_inner, h, w), out_channel_first=False)  # (b, l, d)
+        )  # (b, l, d)
         y = self.out_norm(y.view(b, h, w, self.d_inner))
         if self.gate:
             y = y * z

@@ -17,17 +17,25 @@ def cross_scan_routes(height: int, width: int, device: torch.device | str | None
     return torch.stack([row_major, col_major, row_major.flip(0), col_major.flip(0)])
 
 
-def cross_scan_reference(x: torch.Tensor) -> torch.Tensor:
-    """(b, c, h, w) -> (b, 4, c, h·w): the image read along each route."""
+def cross_scan_reference(x: torch.Tensor, out_channel_first: bool = True) -> torch.Tensor:
+    """(b, c, h, w) -> (b, 4, c, h·w): the image read along each route ((b, h·w, 4, c) if not out_channel_first)."""
     routes = cross_scan_routes(x.shape[2], x.shape[3], x.device)
-    return x.flatten(2)[:, :, routes].transpose(1, 2)
+    xs = x.flatten(2)[:, :, routes].transpose(1, 2)
+    return xs if out_channel_first else xs.permute(0, 3, 1, 2)
 
 
-def cross_merge_reference(y: torch.Tensor) -> torch.Tensor:
-    """(b, 4, c, h, w) route-ordered outputs -> (b, c, h·w): each route's output put back at its pixels and summed."""
+def cross_merge_reference(y: torch.Tensor, out_channel_first: bool = True) -> torch.Tensor:
+    """(b, 4, c, h, w) route-ordered outputs -> (b, c, h·w): each route's output put back at its pixels and summed
+    ((b, h·w, c) if not out_channel_first)."""
     b, k, c, h, w = y.shape
     routes = cross_scan_routes(h, w, y.device)
     out = y.new_zeros(b, c, h * w)
     for route in range(k):
         out = out.index_add(-1, routes[route], y[:, route].flatten(-2))
-    return out
+    return out if out_channel_first else out.transpose(1, 2)
+
+
+def route_order_reference(maps: torch.Tensor) -> torch.Tensor:
+    """(b, 4, c, h, w) one map per route -> (b, 4, c, h·w): map k read along route k."""
+    routes = cross_scan_routes(maps.shape[-2], maps.shape[-1], maps.device)
+    return torch.stack([maps[:, k].flatten(-2)[..., routes[k]] for k in range(NUM_ROUTES)], dim=1)

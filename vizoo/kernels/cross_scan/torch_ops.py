@@ -5,16 +5,26 @@ from __future__ import annotations
 import torch
 
 
-def cross_scan_torch(x: torch.Tensor) -> torch.Tensor:
-    """(b, c, h, w) -> (b, 4, c, h·w)."""
+def cross_scan_torch(x: torch.Tensor, out_channel_first: bool = True) -> torch.Tensor:
+    """(b, c, h, w) -> (b, 4, c, h·w), or a (b, h·w, 4, c) view if not out_channel_first."""
     rows_cols = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)
-    return torch.cat([rows_cols, rows_cols.flip(-1)], dim=1)
+    xs = torch.cat([rows_cols, rows_cols.flip(-1)], dim=1)
+    return xs if out_channel_first else xs.permute(0, 3, 1, 2)
 
 
-def cross_merge_torch(y: torch.Tensor) -> torch.Tensor:
-    """(b, 4, c, h, w) -> (b, c, h·w)."""
+def cross_merge_torch(y: torch.Tensor, out_channel_first: bool = True) -> torch.Tensor:
+    """(b, 4, c, h, w) -> (b, c, h·w), or a (b, h·w, c) view if not out_channel_first."""
     b, _, c, h, w = y.shape
     y = y.flatten(3)
     rows = y[:, 0] + y[:, 2].flip(-1)
     cols = y[:, 1] + y[:, 3].flip(-1)  # column-major order
-    return rows + cols.view(b, c, w, h).transpose(2, 3).flatten(2)
+    out = rows + cols.view(b, c, w, h).transpose(2, 3).flatten(2)
+    return out if out_channel_first else out.transpose(1, 2)
+
+
+def route_order_torch(maps: torch.Tensor) -> torch.Tensor:
+    """(b, 4, c, h, w) one map per route -> (b, 4, c, h·w): map k read along route k."""
+    rows = maps[:, 0::2].flatten(-2)  # routes 0 and 2 read rows
+    cols = maps[:, 1::2].transpose(-1, -2).flatten(-2)  # routes 1 and 3 read columns
+    forward, reverse = torch.stack([rows, cols], dim=2).unbind(1)  # each (b, 2, c, l): row route, column route
+    return torch.cat([forward, reverse.flip(-1)], dim=1)

@@ -1,4 +1,5 @@
-"""Selective scan: ``reference`` (the specification), ``chunked`` (the parallel torch path) and the picking function."""
+"""Selective scan: ``reference`` (the specification), ``chunked`` (the parallel torch path), ``triton`` (GPU kernels,
+imported on first use) and the picking function."""
 
 from vizoo.kernels.selective_scan.interface import BACKENDS, selective_scan, selective_scan_macs
 

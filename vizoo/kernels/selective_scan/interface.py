@@ -9,7 +9,15 @@ from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.selective_scan.chunked import selective_scan_chunked
 from vizoo.kernels.selective_scan.reference import selective_scan_reference
 
-BACKENDS = {"reference": selective_scan_reference, "torch": selective_scan_chunked}
+
+def selective_scan_triton(*args, **kwargs):
+    """The Triton kernels, imported on first use (the module needs triton)."""
+    from vizoo.kernels.selective_scan.triton import selective_scan_triton
+
+    return selective_scan_triton(*args, **kwargs)
+
+
+BACKENDS = {"reference": selective_scan_reference, "torch": selective_scan_chunked, "triton": selective_scan_triton}
 
 
 def selective_scan(
@@ -24,6 +32,7 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     backend: str | None = None,
+    out_fp32: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan (Mamba's S6, Gu & Dao 2023), accumulated in fp32 whatever the input dtype.
 
@@ -34,17 +43,22 @@ def selective_scan(
         D: optional (d,) skip. z: optional (b, d, l) gate, applied as ``y * silu(z)``.
         delta_bias: optional (d,) added to delta, then ``softplus`` if ``delta_softplus``.
         return_last_state: also return the final state (b, d, n) in fp32, without gradient.
-        backend: ``"reference"`` (sequential loop, the specification), ``"torch"`` (parallel chunked form, exportable)
-            or None for the best path on the input's device.
+        backend: ``"reference"`` (sequential loop, the specification), ``"torch"`` (parallel chunked form, exportable),
+            ``"triton"`` (GPU kernels; d_state up to 64) or None for the best path on the input's device.
+        out_fp32: return y in fp32 whatever u's dtype (fp16 in and out can overflow to inf, then NaN).
 
     Returns:
-        y (b, d, l) in u's dtype, and the last state when asked.
+        y (b, d, l) in u's dtype (fp32 with ``out_fp32``), and the last state when asked.
     """
     B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     impl = pick_backend("selective_scan", BACKENDS, backend, u.device)
     record_kernel_macs(
         "selective_scan", selective_scan_macs(*u.shape, A.shape[1], with_d=D is not None, with_z=z is not None)
     )
+    if impl is BACKENDS["triton"]:
+        return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, out_fp32=out_fp32)
+    if out_fp32:  # these paths compute in fp32 and return u's dtype: upcasting u first is free and exact
+        u = u.float()
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 

@@ -1,0 +1,47 @@
+"""tools/benchmark_kernels.py: without a GPU it says so and exits with code 2; its kernel cases are wired right (run
+here once each, forward and backward, at a tiny size on the CPU)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TOOL = Path(__file__).parents[2] / "tools" / "benchmark_kernels.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("benchmark_kernels", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the tool runs the full benchmark")
+def test_exits_with_code_2_and_a_message_without_cuda(tool, capsys):
+    assert tool.main(["--quick"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bytes_count_each_tensor_once(tool):
+    x = torch.zeros(4, 8)
+    assert tool.nbytes(x, x, x.half(), None) == 4 * 8 * 4 + 4 * 8 * 2
+
+
+def test_kernel_cases_run_forward_and_backward(tool, monkeypatch, device):
+    monkeypatch.setattr(tool, "BATCH", 1)
+    monkeypatch.setattr(tool, "D", 2)
+    monkeypatch.setattr(tool, "SIDE", 3)
+    outputs = {}
+    for op, backend, fn, inputs in tool.kernel_cases(1, torch.float32, str(device)):
+        leaves = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+        out = fn(**leaves)
+        out.sum().backward()
+        assert all(v.grad is not None for v in leaves.values()), (op, backend)
+        outputs.setdefault(op, []).append(out)
+    for op, outs in outputs.items():  # every backend of an op computes the same thing
+        for out in outs[1:]:
+            torch.testing.assert_close(out, outs[0], rtol=1e-4, atol=1e-4, msg=op)

@@ -1,0 +1,181 @@
+"""The fused cross-selective-scan: the torch and Triton paths against the reference composition (cross_scan,
+selective_scan, cross_merge), values and every gradient, layouts and dtypes; SS2D on the Triton backend against the
+torch backend; and what the fusion saves, measured as the bytes of the tensors each path's ops write."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from vizoo.kernels import cross_merge, cross_scan, cross_selective_scan, force_backend, route_order, selective_scan
+from vizoo.layers import SS2D
+
+tri = pytest.importorskip("vizoo.kernels.selective_scan.triton")
+
+
+def make_inputs(b, d, h, w, n, dtype=torch.float32, channel_last=False, device="cpu"):
+    """x (b, d, h, w) (a channel-last view if asked); delta (b, 4, d, l); A (4d, n); B, C (b, 4, n, l); D, bias."""
+    length = h * w
+    x = torch.randn(b, h, w, d).permute(0, 3, 1, 2) if channel_last else torch.randn(b, d, h, w)
+    delta = torch.randn(b, 4, d, length) * 0.5
+    A = -torch.rand(4 * d, n) * 4 - 0.1
+    B, C = torch.randn(b, 4, n, length), torch.randn(b, 4, n, length)
+    D, bias = torch.randn(4 * d), torch.randn(4 * d) * 0.5
+    x, delta, B, C = (t.to(dtype) for t in (x, delta, B, C))
+    return [t.to(device) for t in (x, delta, A, B, C, D, bias)]
+
+
+def run_with_grads(backend, inputs, out_channel_first=True, out_fp32=False, seed=1):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    y = cross_selective_scan(
+        *leaves, delta_softplus=True, out_channel_first=out_channel_first, out_fp32=out_fp32, backend=backend
+    )
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y))
+    return [y] + [t.grad for t in leaves]
+
+
+def assert_all_close(got, want, tol):
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol, msg=lambda m, i=i: f"output {i}: {m}")
+
+
+@pytest.fixture
+def short_chunks(monkeypatch):
+    monkeypatch.setattr(tri, "chunk_length", lambda n: 16)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 1), (2, 4, 6, 6, 16), (1, 2, 1, 9, 2)])
+@pytest.mark.parametrize("channel_last, out_cf", [(False, True), (True, False)])
+def test_torch_path_matches_reference(shape, channel_last, out_cf):
+    inputs = make_inputs(*shape, channel_last=channel_last)
+    assert_all_close(run_with_grads("torch", inputs, out_cf), run_with_grads("reference", inputs, out_cf), 1e-4)
+
+
+@pytest.mark.parametrize(
+    "b, d, h, w, n, channel_last, out_cf",
+    [
+        (1, 4, 5, 7, 1, False, True),  # n = 1, l = 35: not a multiple of the 16-step chunk
+        (1, 4, 5, 7, 1, True, False),  # the same from channel-last x into a channel-last output
+        (1, 3, 4, 5, 16, True, False),  # n = 16, odd channel count
+        (2, 8, 6, 3, 2, False, False),  # tall map, batch 2, 8 channels in one block
+    ],
+)
+def test_triton_matches_reference(short_chunks, device, b, d, h, w, n, channel_last, out_cf):
+    inputs = make_inputs(b, d, h, w, n, channel_last=channel_last, device=device)
+    got = run_with_grads("triton", inputs, out_cf)
+    assert got[0].is_contiguous()  # the merged output is written in the requested layout
+    assert got[1].stride() == inputs[0].stride()  # dx in x's layout
+    assert_all_close(got, run_with_grads("reference", inputs, out_cf), 1e-4)
+
+
+def test_triton_default_chunks_and_strided_views(device):
+    b, d, h, w, n = 1, 2, 12, 11, 1  # 132 steps: a 128-step chunk and a short one
+    x, delta, A, B, C, D, bias = make_inputs(b, d, h, w, n, device=device)
+    transposed = lambda t: t.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731  same values, other strides
+    inputs = [transposed(x), transposed(delta), A, transposed(B), C, D, bias]
+    assert not inputs[0].is_contiguous() and not inputs[1].is_contiguous()
+    assert_all_close(run_with_grads("triton", inputs), run_with_grads("reference", [x, delta, A, B, C, D, bias]), 1e-4)
+
+
+@pytest.mark.parametrize("out_fp32", [False, True])
+def test_bf16_accumulates_in_fp32(short_chunks, device, out_fp32):
+    inputs = make_inputs(1, 2, 3, 5, 16, dtype=torch.bfloat16, device=device)
+    got = run_with_grads("triton", inputs, out_fp32=out_fp32)
+    assert got[0].dtype == (torch.float32 if out_fp32 else torch.bfloat16)
+    want = run_with_grads("reference", [t.float() for t in inputs])
+    assert_all_close(got, want, 6e-2)
+
+
+def test_ss2d_on_triton_matches_torch(short_chunks, device):
+    """The layer end to end, v2 (n = 1, no gate) and v0 (n = 16, gate, ssm_ratio 2) settings."""
+    for kwargs in (dict(d_state=1), dict(d_state=16, ssm_ratio=2.0, gate=True)):
+        torch.manual_seed(0)
+        layer = SS2D(4, **kwargs).to(device)
+        x = torch.randn(1, 3, 4, 4, device=device)
+        outs = {}
+        for name in ("torch", "triton"):
+            layer.zero_grad()
+            layer.scan_backend = name
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            y.square().mean().backward()
+            outs[name] = [y, xi.grad] + [p.grad for p in layer.parameters()]
+        assert_all_close(outs["triton"], outs["torch"], 1e-4)
+
+
+class WrittenBytes(TorchDispatchMode):
+    """Bytes of the new tensors that each op writes (views of their inputs excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        inputs = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.total += t.numel() * t.element_size()
+        return out
+
+
+def test_fusion_never_writes_the_route_copies(short_chunks, device):
+    """Forward and backward, the fused op writes 8·b·d·l fewer elements than cross_scan + scan + cross_merge on the
+    same Triton backend: the route copies xs and ys (and their gradients) that it never materialises."""
+    b, d, h, w, n = 2, 4, 6, 5, 1
+    inputs = make_inputs(b, d, h, w, n, dtype=torch.bfloat16, device=device)
+
+    def unfused(x, delta, A, B, C, D, bias):
+        xs = cross_scan(x, backend="triton")  # (b, 4, d, l)
+        ys = selective_scan(xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, bias, True, backend="triton")
+        return cross_merge(ys.unflatten(1, (4, d)).unflatten(-1, (h, w)), backend="triton")
+
+    def fused(*args):
+        return cross_selective_scan(*args, delta_softplus=True, backend="triton")
+
+    written = {}
+    for name, fn in (("unfused", unfused), ("fused", fused)):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        with WrittenBytes() as forward:
+            y = fn(*leaves)
+        with WrittenBytes() as backward:
+            y.backward(torch.ones_like(y))
+        written[name] = forward.total, backward.total, y
+    torch.testing.assert_close(written["fused"][2], written["unfused"][2], rtol=2e-2, atol=2e-2)
+    route_copies = 2 * 4 * b * d * h * w * 2  # xs and ys (or their gradients), bf16
+    assert written["unfused"][0] - written["fused"][0] >= route_copies  # plus the scan's unused last state
+    assert written["unfused"][1] - written["fused"][1] == route_copies
+
+
+def test_default_backend_and_export(device):
+    inputs = make_inputs(1, 2, 3, 4, 2)
+    with force_backend("reference"):
+        want = cross_selective_scan(*inputs)
+    torch.testing.assert_close(cross_selective_scan(*inputs), want, rtol=1e-4, atol=1e-4)  # CPU default: torch
+    inputs = [t.to(device) for t in inputs]
+
+    class Fused(torch.nn.Module):
+        def forward(self, *args):
+            return cross_selective_scan(*args, delta_softplus=True, backend="triton")
+
+    assert "vizoo.cross_selective_scan_fwd" in str(torch.export.export(Fused(), tuple(inputs)).graph)
+
+
+def test_route_order_and_bad_shapes():
+    maps = torch.randn(2, 4, 3, 5, 7)
+    torch.testing.assert_close(route_order(maps, backend="torch"), route_order(maps, backend="reference"))
+    x, delta, A, B, C, D, bias = make_inputs(1, 2, 3, 4, 2)
+    with pytest.raises(ValueError, match=r"delta must have shape \(1, 4, 2, 12\)"):
+        cross_selective_scan(x, delta[:, :, :, :5], A, B, C)
+    with pytest.raises(ValueError, match="route_order: expected"):
+        route_order(maps[:, :3])
+
+
+def test_custom_op_passes_opcheck(short_chunks, device):
+    """Schema, fake tensors, autograd registration and AOT tracing; x channel-last, B and C strided views."""
+    from vizoo.kernels.cross_selective_scan import triton as fused
+
+    x, delta, A, _, _, D, bias = make_inputs(1, 2, 3, 2, 1, channel_last=True, device=device)
+    _, B, C = torch.randn(1, 4, 3, 6, device=device).split([1, 1, 1], dim=2)
+    args = [t.detach().requires_grad_(True) for t in (x, delta, A, B, C, D, bias)]
+    torch.library.opcheck(fused._fwd, (*args, True, False, True, True, 16))

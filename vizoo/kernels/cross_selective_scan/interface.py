@@ -1,0 +1,82 @@
+"""``cross_selective_scan``: VMamba's SS2D core (cross_scan -> selective_scan -> cross_merge) in one call."""
+
+from __future__ import annotations
+
+import torch
+
+from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.counting import record_kernel_macs
+from vizoo.kernels.cross_scan.reference import NUM_ROUTES
+from vizoo.kernels.cross_selective_scan.reference import cross_selective_scan_reference
+from vizoo.kernels.cross_selective_scan.torch_ops import cross_selective_scan_torch
+from vizoo.kernels.selective_scan import selective_scan_macs
+
+
+def cross_selective_scan_triton(*args, **kwargs):
+    """The fused Triton kernel, imported on first use (the module needs triton)."""
+    from vizoo.kernels.cross_selective_scan.triton import cross_selective_scan_triton
+
+    return cross_selective_scan_triton(*args, **kwargs)
+
+
+BACKENDS = {
+    "reference": cross_selective_scan_reference,
+    "torch": cross_selective_scan_torch,
+    "triton": cross_selective_scan_triton,
+}
+
+
+def cross_selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    out_channel_first: bool = True,
+    out_fp32: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Scan a map along VMamba's four routes, one selective scan per route, and sum the routes back onto the map.
+
+    Equal to ``cross_merge(selective_scan(cross_scan(x), delta, A, B, C, D, ...))`` with route k owning the scan
+    channels ``k·d .. (k+1)·d`` and B/C group k. The Triton path reads x along each route and writes the merged sum,
+    so the four route copies of x and of the output are never materialised. Accumulation is fp32.
+
+    Args:
+        x: (b, d, h, w) map, any strides (pass ``x.permute(0, 3, 1, 2)`` for channel-last data).
+        delta: (b, 4, d, h·w) step sizes of each route, in route order (step t of route k at ``[:, k, :, t]``).
+        A: (4·d, n), n <= 64 for Triton. D, delta_bias: optional (4·d,).
+        B, C: (b, 4, n, h·w) each route's B and C, in route order.
+        out_channel_first: return (b, d, h·w) if True, else (b, h·w, d).
+        out_fp32: return fp32 whatever x's dtype.
+        backend: "reference", "torch" (the three torch kernels composed), "triton" (one fused kernel) or None.
+
+    Returns:
+        The merged map in x's dtype (fp32 with ``out_fp32``).
+    """
+    _check_inputs(x, delta, A, B, C, D, delta_bias)
+    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device)
+    b, d, h, w = x.shape
+    record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, A.shape[1], D is not None))
+    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first)
+
+
+def _check_inputs(x, delta, A, B, C, D, delta_bias) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"cross_selective_scan: x must be (batch, channels, height, width), got {tuple(x.shape)}")
+    b, d, h, w = x.shape
+    n = A.shape[-1]
+    expected = {
+        "delta": (delta, (b, NUM_ROUTES, d, h * w)),
+        "A": (A, (NUM_ROUTES * d, n)),
+        "B": (B, (b, NUM_ROUTES, n, h * w)),
+        "C": (C, (b, NUM_ROUTES, n, h * w)),
+        "D": (D, (NUM_ROUTES * d,)),
+        "delta_bias": (delta_bias, (NUM_ROUTES * d,)),
+    }
+    for name, (t, shape) in expected.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"cross_selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
