@@ -21,17 +21,15 @@ import re
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
+from vizoo.backbones._base import StagedBackbone, run_blocks
 from vizoo.backbones._builder import build_vizoo_model
 from vizoo.layers import ConvDownsample, ConvStem, PatchStem, VSSBlock
 from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["VMamba"]
-
-INPUT_MULTIPLE = 32
 
 
 class VMambaStage(nn.Module):
@@ -63,12 +61,10 @@ class VMambaStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
 
-class VMamba(nn.Module):
+class VMamba(StagedBackbone):
     """VMamba backbone and classifier.
 
     Args:
@@ -84,6 +80,8 @@ class VMamba(nn.Module):
         scan_backend: selective-scan backend for every block (None picks per device).
         drop_rate, drop_path_rate: classifier dropout and the maximum stochastic depth (linear over blocks).
     """
+
+    no_weight_decay_leaves = ("A_logs", "Ds", "dt_projs_bias")  # the SSM's A, D and step-size biases
 
     def __init__(
         self,
@@ -140,112 +138,6 @@ class VMamba(nn.Module):
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
         )
         self.apply(_init_weights)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """The SSM's A, D and step-size biases, by full parameter name."""
-        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("A_logs", "Ds", "dt_projs_bias")}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)"
-            if coarse
-            else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` saying what to do unless x is a non-empty (B, in_chans, H, W) batch, H, W % 32 == 0."""
-        if torch.jit.is_tracing():  # shapes are traced tensors here; the traced graph is specialised anyway
-            return
-        name = getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
-        if x.dim() != 4:
-            raise ValueError(
-                f"{name} expects a 4-D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"{name} expects {self.in_chans} input channels, got {x.shape[1]}; "
-                f"pass in_chans={x.shape[1]} to timm.create_model"
-            )
-        torch._check_with(ValueError, x.shape[0] > 0, lambda: f"{name} got an empty batch (batch size 0)")
-        h, w = x.shape[2], x.shape[3]
-        torch._check_with(
-            ValueError,
-            h % INPUT_MULTIPLE == 0 and w % INPUT_MULTIPLE == 0 and h > 0 and w > 0,
-            lambda: (
-                f"{name} needs height and width divisible by {INPUT_MULTIPLE}, got {h}x{w}; resize the input "
-                f"or pad it to {-(-h // INPUT_MULTIPLE) * INPUT_MULTIPLE}x{-(-w // INPUT_MULTIPLE) * INPUT_MULTIPLE}"
-            ),
-        )
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs at ``indices`` (an int n means the last n), as NCHW or NHWC, plus the final features."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.check_input(x)
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm and i == last else x
-                intermediates.append(x_inter.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x_inter)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last index in ``indices`` (and the norm/head); return the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, H/32, W/32, num_features)."""
-        self.check_input(x)
-        return self.norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _init_weights(module: nn.Module) -> None:

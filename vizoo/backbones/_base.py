@@ -1,0 +1,159 @@
+"""What every hierarchical vizoo backbone shares: input checks and timm's model API over stem -> stages -> norm -> head.
+
+A family subclasses ``StagedBackbone``, builds ``stem``, ``stages`` (an ``nn.Sequential`` whose members each have a
+``grad_checkpointing`` flag), ``norm`` and ``head`` (timm's ``ClassifierHead``), fills ``feature_info`` with one entry
+per stage and sets the class attributes below. It then gets ``forward_features``, ``forward_head``,
+``forward_intermediates``, ``prune_intermediate_layers``, ``no_weight_decay``, ``group_matcher``,
+``set_grad_checkpointing``, ``get_classifier`` and ``reset_classifier`` with timm's semantics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+
+__all__ = ["StagedBackbone", "check_image_input", "run_blocks"]
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) -> None:
+    """Raise ``ValueError`` saying what to do unless x is a non-empty (B, in_chans, H, W) batch, H, W % multiple == 0.
+
+    Shape checks on symbolic sizes go through ``torch._check_with`` so that ``torch.export`` keeps them as guards;
+    under ``torch.jit.trace`` the check is skipped (the traced graph is specialised to the example's shape anyway).
+    """
+    if torch.jit.is_tracing():
+        return
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"{name} expects {in_chans} input channels, got {x.shape[1]}; pass in_chans={x.shape[1]} to "
+            "timm.create_model"
+        )
+    torch._check_with(ValueError, x.shape[0] > 0, lambda: f"{name} got an empty batch (batch size 0)")
+    h, w = x.shape[2], x.shape[3]
+    torch._check_with(
+        ValueError,
+        h % multiple == 0 and w % multiple == 0 and h > 0 and w > 0,
+        lambda: (
+            f"{name} needs height and width divisible by {multiple}, got {h}x{w}; resize the input "
+            f"or pad it to {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}"
+        ),
+    )
+
+
+def run_blocks(blocks: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """Apply a sequential ``blocks``, through activation checkpointing when asked (and not scripting)."""
+    if grad_checkpointing and not torch.jit.is_scripting():
+        return checkpoint_seq(blocks, x)
+    return blocks(x)
+
+
+class StagedBackbone(nn.Module):
+    """Base of vizoo's hierarchical models: (B, C_in, H, W) -> stem -> stages -> norm -> head.
+
+    Subclasses set, in ``__init__``: ``in_chans``, ``num_classes``, ``num_features``, ``head_hidden_size``,
+    ``output_fmt`` ("NHWC" or "NCHW": the layout of stage outputs and of ``forward_features``), ``stem``,
+    ``stages``, ``norm``, ``head`` and ``feature_info``; and as class attributes ``input_multiple`` (H and W must
+    be multiples of it) and ``no_weight_decay_leaves`` (parameter leaf names kept out of weight decay).
+    """
+
+    input_multiple: int = 32
+    no_weight_decay_leaves: tuple[str, ...] = ()
+    output_fmt: str = "NCHW"
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the parameters whose last name component is in ``no_weight_decay_leaves``."""
+        leaves = set(self.no_weight_decay_leaves)
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in leaves}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay: the stem, then each stage (coarse) or each block."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_image_input(x, self.in_chans, self.input_multiple, self.model_name)
+
+    def _to_fmt(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
+        if output_fmt == self.output_fmt:
+            return x
+        return x.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x.permute(0, 2, 3, 1)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs at ``indices`` (an int n means the last n), as NCHW or NHWC, plus the final features."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.check_input(x)
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self._to_fmt(self.norm(x) if norm and i == last else x, output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index in ``indices`` (and the norm/head); return the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, H/r, W/r, num_features) if ``output_fmt`` is NHWC, else (B, C, H/r, W/r)."""
+        self.check_input(x)
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
