@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) torch torchvision
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) -e ".[dev,demo,onnx]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) -e ".[dev,demo,onnx,train,mm]"
 	touch $(STAMP)
 
 demo: $(STAMP)
