@@ -5,15 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 # Wheels prebuilt for this machine image (mmcv), used when the checkout sits beside ../shared.
-FIND_LINKS := $(if $(wildcard ../shared/wheels),--find-links ../shared/wheels,)
+# mmcv 2.1.0 (for the mm extra) comes from there, or from .cache/wheels where tools/install_mmcv.sh builds it.
+FIND_LINKS := $(if $(wildcard ../shared/wheels),--find-links ../shared/wheels,) --find-links .cache/wheels
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(CONSTRAINTS) tools/install_mmcv.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) torch torchvision
+	PYTHON=$(PY) bash tools/install_mmcv.sh
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) -e ".[dev,demo,onnx,train,mm]"
 	touch $(STAMP)
 

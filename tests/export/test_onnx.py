@@ -132,3 +132,30 @@ def test_cli_export_and_calibration_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "max abs diff" in out and "int8, static QDQ, 2 calibration images" in out
     assert (tmp_path / "b.int8.onnx").exists()
+
+
+def test_primitive_layernorm_is_exact():
+    from timm.layers import LayerNorm2d
+
+    from vizoo.export.mobile import PrimitiveLayerNorm
+
+    norm, norm2d = torch.nn.LayerNorm(12), LayerNorm2d(12)
+    for n in (norm, norm2d):
+        torch.nn.init.normal_(n.weight), torch.nn.init.normal_(n.bias)
+    x = torch.randn(2, 5, 7, 12) * 3 + 1
+    torch.testing.assert_close(PrimitiveLayerNorm(norm)(x), norm(x), rtol=1e-5, atol=1e-5)
+    x = x.permute(0, 3, 1, 2)
+    torch.testing.assert_close(PrimitiveLayerNorm(norm2d, channel_dim=1)(x), norm2d(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mobile_graph_runs_whole_on_nnapi(tmp_path):
+    """--mobile: every node on NNAPI in one partition; CoreML MLProgram lacks only Log (one per block's softplus)."""
+    model = timm.create_model("test_vmamba").eval()
+    result = export_onnx(model, tmp_path / "mobile.onnx", dynamic_batch=False, mobile=True)
+    assert result.max_abs_diff <= 5e-3
+    assert not set(result.op_counts) & {"Erf", "LayerNormalization", "Softplus", "Greater", "Where", "Pad", "Gather"}
+    report = mobile_usability(result.path)
+    assert report["NNAPI"]["nodes"] == report["NNAPI"]["total"] and report["NNAPI"]["partitions"] == 1
+    blocks = sum(len(stage.blocks) for stage in model.stages)
+    coreml = report["CoreML MLProgram"]
+    assert coreml["total"] - coreml["nodes"] == blocks and coreml["partitions"] <= blocks + 1

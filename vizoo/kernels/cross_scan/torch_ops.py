@@ -15,9 +15,9 @@ def cross_scan_torch(x: torch.Tensor, out_channel_first: bool = True) -> torch.T
 def cross_merge_torch(y: torch.Tensor, out_channel_first: bool = True) -> torch.Tensor:
     """(b, 4, c, h, w) -> (b, c, h·w), or a (b, h·w, c) view if not out_channel_first."""
     b, _, c, h, w = y.shape
-    y = y.flatten(3)
-    rows = y[:, 0] + y[:, 2].flip(-1)
-    cols = y[:, 1] + y[:, 3].flip(-1)  # column-major order
+    row, col, row_reversed, col_reversed = y.flatten(3).unbind(1)  # Split, not Gather, in ONNX
+    rows = row + row_reversed.flip(-1)
+    cols = col + col_reversed.flip(-1)  # column-major order
     out = rows + cols.view(b, c, w, h).transpose(2, 3).flatten(2)
     return out if out_channel_first else out.transpose(1, 2)
 

@@ -39,8 +39,16 @@ def _to_chunk_major(x: torch.Tensor) -> torch.Tensor:
     """(..., L) -> (..., CHUNK, ceil(L / CHUNK)), zero-padded at the end."""
     pad = -x.shape[-1] % CHUNK
     if pad:
-        x = F.pad(x, (0, pad))
+        x = _shift_in_zeros(x, pad, at_end=True)
     return x.unflatten(-1, (x.shape[-1] // CHUNK, CHUNK)).transpose(-1, -2)
+
+
+def _shift_in_zeros(x: torch.Tensor, count: int, at_end: bool) -> torch.Tensor:
+    """x with ``count`` zeros appended (or prepended) on the last dim; a Concat, not a Pad, in ONNX (CoreML lacks Pad).
+
+    """
+    zeros = x.new_zeros((*x.shape[:-1], count))
+    return torch.cat([x, zeros] if at_end else [zeros, x], dim=-1)
 
 
 def _from_chunk_major(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -68,7 +76,7 @@ def _chunk_start_states(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
     for t in range(1, len(b)):
         h = torch.addcmul(b[t], a[t], h)
         decay = decay * a[t]
-    return F.pad(linear_recurrence(decay, h)[..., :-1], (1, 0))
+    return _shift_in_zeros(linear_recurrence(decay, h)[..., :-1], 1, at_end=False)
 
 
 def _sequential(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -78,6 +86,16 @@ def _sequential(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     for t in range(1, len(b)):
         h.append(torch.addcmul(b[t], a[t], h[-1]))
     return torch.stack(h, dim=dim)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(x)) as ``relu(x) + log(1 + exp(x - 2 relu(x)))`` (the exp argument is -|x| <= 0): stable for any x.
+
+    In ONNX this is Relu/Mul/Sub/Exp/Add/Log, which NNAPI runs (it lacks Softplus, and torch's thresholded softplus
+    adds Greater/Where nodes that neither NNAPI nor CoreML runs); CoreML MLProgram then lacks only the Log.
+    """
+    relu = torch.relu(x)
+    return relu + torch.log1p(torch.exp(x - 2 * relu))
 
 
 def selective_scan_chunked(
@@ -101,30 +119,30 @@ def selective_scan_chunked(
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
-        delta = F.softplus(delta)
-    # Reorder the small (n-free) inputs to chunk-major first, so the large (b, g, d/g, n, CHUNK, chunks) tensors are
-    # born contiguous. The group axis lets B and C broadcast over their channels without copies.
-    # Shapes are spelled with unflatten/flatten, never view(b, ...), so a symbolic batch size exports cleanly.
-    dt = _to_chunk_major(delta).unflatten(1, (g, d // g)).unsqueeze(3)
-    dtu = _to_chunk_major(delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)
-    B = _to_chunk_major(B.float()).unsqueeze(2)  # (b, g, 1, n, CHUNK, chunks)
-    C = _to_chunk_major(C.float()).unsqueeze(2)
-    a = torch.exp(dt * A.float().view(1, g, d // g, n, 1, 1)).unbind(-2)
-    bx = (dtu * B).unbind(-2)
+        delta = softplus(delta)
+    # Every tensor stays at rank <= 5 (CoreML's limit): decays and inputs are (b, d, n, CHUNK, chunks), with B
+    # broadcast over each group's d/g channels once, when the input term is formed. C is read per step through a
+    # (b, g, d/g, ...) view of the state. Shapes are spelled with unflatten/flatten, never view(b, ...), so a symbolic
+    # batch size exports cleanly.
+    # Padding steps have delta = 0, so a = 1 there and the state passes through unchanged.
+    a = torch.exp(_to_chunk_major(delta).unsqueeze(2) * A.float()[:, :, None, None]).unbind(-2)  # (b, d, n, chunks)
+    dtu = (delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)  # (b, g, d/g, 1, l)
+    bx = _to_chunk_major((dtu * B.float().unsqueeze(2)).flatten(1, 2)).unbind(-2)  # (b, d, n, chunks)
+    C = _to_chunk_major(C.float()).unbind(-2)  # (b, g, n, chunks)
     h = _chunk_start_states(a, bx)
     # Rerun each chunk from its true entering state and read the output out at every position; no state is kept for
     # all positions. Padding steps (delta = 0) leave h unchanged, so h ends as the state at l - 1.
-    C = C.unbind(-2)
     ys = []
     for t in range(CHUNK):
         h = torch.addcmul(bx[t], a[t], h)
-        ys.append(h.squeeze(3) * C[t].squeeze(3) if n == 1 else (h * C[t]).sum(3))
-    y = _from_chunk_major(torch.stack(ys, dim=-2).flatten(1, 2), length)
+        h_groups = h.unflatten(1, (g, d // g))  # (b, g, d/g, n, chunks)
+        ys.append(h_groups.squeeze(3) * C[t] if n == 1 else (h_groups * C[t].unsqueeze(2)).sum(3))
+    y = _from_chunk_major(torch.stack(ys, dim=-2).flatten(1, 2), length)  # (b, g, d/g, CHUNK, chunks) -> (b, d, l)
     if D is not None:
         y = torch.addcmul(y, D.float()[:, None], u32)
     if z is not None:
         y = y * F.silu(z.float())
     y = y.to(u.dtype)
     if return_last_state:
-        return y, h[..., -1].flatten(1, 2).detach()
+        return y, h[..., -1].detach()
     return y
