@@ -1,6 +1,7 @@
 """Kernel benchmarks on CPU: each fast path as a speed ratio against its reference, measured in the same run.
 
-python tools/benchmark.py            # selective scan and cross-scan at VMamba stage-1 shapes (L = 56 x 56)
+python tools/benchmark.py            # selective scan and cross-scan at VMamba stage-1 shapes (L = 56 x 56),
+                                     # linear attention at MLLA-T stage 1 (3136 tokens)
 python tools/benchmark.py --quick    # fewer repeats
 """
 
@@ -13,7 +14,7 @@ from functools import partial
 
 import torch
 
-from vizoo.kernels import cross_merge, cross_scan, selective_scan
+from vizoo.kernels import cross_merge, cross_scan, linear_attention, selective_scan
 
 # (label, batch, channels d, length l, d_state n, groups, time the backward too). VMamba-T s1l8 stage 1 is 4 routes
 # x 96 channels with n = 1; vanilla VMamba-T stage 1 is 4 routes x 192 channels with n = 16.
@@ -84,6 +85,19 @@ def bench_cross_scan(repeats: int):
         yield fn.__name__, "b=8 c=96 h=w=56, 4 routes", times
 
 
+def bench_linear_attention(repeats: int):
+    """MLLA-T stage 1 (3136 tokens, 3 heads of 32), one image and a packed batch of two ragged images."""
+    q, k, v = (torch.rand(1, 3, 3136, 32) for _ in range(3))
+    cu = torch.tensor([0, 1200, 3136], dtype=torch.int32)
+    for shape, kwargs in (("b=1 h=3 n=3136 d=32", {}), ("same, packed 1200 + 1936 tokens", dict(cu_seqlens=cu))):
+        with torch.no_grad():
+            times = {
+                backend: timeit(partial(linear_attention, q, k, v, backend=backend, **kwargs), repeats)
+                for backend in ("reference", "torch")
+            }
+        yield "linear_attention", shape, times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -92,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; median of {repeats} runs", flush=True)
     print(f"{'kernel':<24} {'shape':<52} {'reference ms':>12} {'torch ms':>9} {'speed-up':>9}", flush=True)
-    for op, shape, times in itertools.chain(bench_selective_scan(repeats), bench_cross_scan(repeats)):
+    for op, shape, times in itertools.chain(
+        bench_selective_scan(repeats), bench_cross_scan(repeats), bench_linear_attention(repeats)
+    ):
         ratio = times["reference"] / times["torch"]
         print(f"{op:<24} {shape:<52} {times['reference'] * 1e3:>12.1f} {times['torch'] * 1e3:>9.1f} {ratio:>8.1f}x")
     return 0

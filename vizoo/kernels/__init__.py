@@ -10,15 +10,18 @@ from vizoo.kernels.backend import available_backends, force_backend
 from vizoo.kernels.counting import count_kernel_macs
 from vizoo.kernels.cross_scan import cross_merge, cross_scan, route_order
 from vizoo.kernels.cross_selective_scan import cross_selective_scan
+from vizoo.kernels.linear_attention import additive_recurrence, linear_attention
 from vizoo.kernels.selective_scan import selective_scan, selective_scan_macs
 
 __all__ = [
+    "additive_recurrence",
     "available_backends",
     "count_kernel_macs",
     "cross_merge",
     "cross_scan",
     "cross_selective_scan",
     "force_backend",
+    "linear_attention",
     "route_order",
     "selective_scan",
     "selective_scan_macs",
