@@ -1,0 +1,2 @@
+_base_ = "./_base_/retinanet_vizoo_fpn_1x_coco.py"
+model = dict(backbone=dict(model_name="spatial_mamba_tiny"), neck=dict(in_channels=[128, 256, 512]))
