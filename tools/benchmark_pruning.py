@@ -1,0 +1,156 @@
+"""Pruning figures on this machine's CPU, each as a ratio against a baseline measured in the same run.
+
+1. DeiT-S (random init) at 50% block sparsity, compacted: params, MACs and latency vs the dense model.
+2. Accuracy kept on scikit-learn digits: a DeiT-Tiny-shaped ViT (32x32 input, 4x4 patches) trained briefly, then
+   pruned 50%, then fine-tuned briefly.
+3. ToMe at r = 8 and 16: DeiT-S throughput at batch 1 and 32, and the digits model's accuracy change.
+
+    python tools/benchmark_pruning.py [--sections deit digits tome] [--epochs 6] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from vizoo.data import digits, photo_batch
+from vizoo.pruning import apply_tome, block_prune, compact, finetune, remove_token_reduction
+from vizoo.utils.complexity import count_macs, count_params
+
+
+def latencies(models: dict, x: torch.Tensor, runs: int) -> dict[str, float]:
+    """Median ms per model, runs interleaved so that load on the machine hits all models alike."""
+    times = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+        for _ in range(runs):
+            for k, m in models.items():
+                start = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - start)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def deit_small(args) -> None:
+    print("== DeiT-S at 50% block sparsity (32x32 tiles), compacted; random init ==")
+    dense = timm.create_model("deit_small_patch16_224").eval()
+    pruned = copy.deepcopy(dense)
+    calib = photo_batch((3, 224, 224), count=8).split(4)
+    start = time.perf_counter()
+    block_prune(pruned, 0.5, calib, block=(32, 32), latency_batch=1)
+    compact(pruned)
+    print(f"prune + compact: {time.perf_counter() - start:.1f}s; report {pruned.pruning_report}")
+    p0, p1 = count_params(dense), count_params(pruned)
+    m0, m1 = count_macs(dense), count_macs(pruned)
+    print(f"params  {p0 / 1e6:.2f} M -> {p1 / 1e6:.2f} M  ratio {p1 / p0:.3f}")
+    print(f"GMACs   {m0 / 1e9:.3f} -> {m1 / 1e9:.3f}  ratio {m1 / m0:.3f}")
+    for batch in (1, 8):
+        t = latencies({"dense": dense, "compact": pruned}, torch.randn(batch, 3, 224, 224), args.runs)
+        print(
+            f"latency batch {batch}: dense {t['dense']:.1f} ms, compact {t['compact']:.1f} ms, "
+            f"speedup {t['dense'] / t['compact']:.2f}x"
+        )
+
+
+def accuracy(model, loader) -> float:
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            correct += int((model(x).argmax(-1) == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def train(model, loader, epochs: int, lr: float) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * len(loader), pct_start=0.15)
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+def digits_model(args):
+    torch.manual_seed(0)
+    train_set, val_set = digits(img_size=32)
+    model = timm.create_model(
+        "deit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10, drop_path_rate=0.0
+    )  # DeiT-Tiny shape: 12 blocks, 192 wide, 3 heads, 64 patch tokens
+    tl = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    vl = DataLoader(val_set, batch_size=128)
+    start = time.perf_counter()
+    train(model, tl, args.epochs, 1e-3)
+    print(f"trained DeiT-Tiny-shaped ViT on digits for {args.epochs} epochs in {time.perf_counter() - start:.0f}s")
+    return model, tl, vl
+
+
+def digits_pruning(args, model, tl, vl) -> None:
+    print("== accuracy kept on scikit-learn digits (DeiT-Tiny shape, 32x32, 50% block sparsity, 32x32 tiles) ==")
+    base = accuracy(model, vl)
+    pruned = copy.deepcopy(model)
+    calib = [(x, y) for i, (x, y) in enumerate(tl) if i < 4]
+    block_prune(pruned, 0.5, calib, block=(32, 32), latency_batch=1)
+    compact(pruned)
+    one_shot = accuracy(pruned, vl)
+    finetune(pruned, tl, epochs=args.ft_epochs, lr=2e-4)
+    tuned = accuracy(pruned, vl)
+    print(
+        f"dense {base:.4f} | pruned 50% (no fine-tune) {one_shot:.4f} | + {args.ft_epochs}-epoch fine-tune "
+        f"{tuned:.4f}  (val n={len(vl.dataset)}); heads {pruned.pruning_report['heads']}"
+    )
+
+
+def tome(args, model=None, vl=None) -> None:
+    print("== ToMe: DeiT-S (random init) throughput at 224, and digits-model accuracy ==")
+    dense = timm.create_model("deit_small_patch16_224").eval()
+    merged = {r: apply_tome(copy.deepcopy(dense), r) for r in (8, 16)}
+    for batch, runs in ((1, args.runs), (32, max(3, args.runs // 8))):
+        t = latencies(
+            {"dense": dense, **{f"r={r}": m for r, m in merged.items()}}, torch.randn(batch, 3, 224, 224), runs
+        )
+        gains = ", ".join(f"{k} {t[k]:.1f} ms ({t['dense'] / t[k]:.2f}x)" for k in t if k != "dense")
+        print(f"batch {batch}: dense {t['dense']:.1f} ms; {gains}")
+    if model is not None:
+        base = accuracy(model, vl)
+        for r in (4, 8, 16):
+            apply_tome(model, r)
+            print(f"digits (64 patch tokens, 12 blocks) r={r}: accuracy {base:.4f} -> {accuracy(model, vl):.4f}")
+        remove_token_reduction(model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=["deit", "digits", "tome"], choices=["deit", "digits", "tome"])
+    parser.add_argument("--epochs", type=int, default=6, help="digits training epochs")
+    parser.add_argument("--ft-epochs", type=int, default=1, help="fine-tune epochs after pruning")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per model at batch 1")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if "deit" in args.sections:
+        deit_small(args)
+    model = vl = None
+    if "digits" in args.sections:
+        model, tl, vl = digits_model(args)
+        digits_pruning(args, model, tl, vl)
+    if "tome" in args.sections:
+        tome(args, model, vl)
+
+
+if __name__ == "__main__":
+    main()
