@@ -1,6 +1,24 @@
 """nn.Modules shared by vizoo's families, built on ``vizoo.kernels``."""
 
+from vizoo.layers.linear_attention import (
+    MagnitudeAwareLinearAttention,
+    MLLALinearAttention,
+    NormAttention,
+    SoftmaxAttentionRoPE,
+    StripAttention,
+)
 from vizoo.layers.ss2d import SS2D
 from vizoo.layers.vmamba_blocks import ConvDownsample, ConvStem, PatchStem, VSSBlock
 
-__all__ = ["SS2D", "ConvDownsample", "ConvStem", "PatchStem", "VSSBlock"]
+__all__ = [
+    "MagnitudeAwareLinearAttention",
+    "MLLALinearAttention",
+    "NormAttention",
+    "SoftmaxAttentionRoPE",
+    "StripAttention",
+    "SS2D",
+    "ConvDownsample",
+    "ConvStem",
+    "PatchStem",
+    "VSSBlock",
+]

@@ -1,0 +1,282 @@
+"""MLLA: Mamba-Like Linear Attention.
+
+Han et al., "Demystify Mamba in Vision: A Linear Attention Perspective", NeurIPS 2024.
+https://arxiv.org/abs/2405.16605. Official code: https://github.com/LeapLabTHU/MLLA (``models/mlla.py``; weights
+load through ``checkpoint_filter_fn``).
+
+A Mamba-shaped block around linear attention, single-path linear attention in every stage (no softmax):
+x += CPE(x); a = SiLU(W_a·LN x); h = SiLU(DWConv3(W_in·LN x)); x += out_proj(Attn(h) ⊙ a); x += CPE(x);
+x += MLP(LN x). The attention (``vizoo.layers.MLLALinearAttention``) uses a real-valued 2-D RoPE computed for the
+runtime HxW, so unlike the official classification code (a complex RoPE buffer fixed at 224 px, LeapLabTHU/MLLA#22,
+#36) it accepts any input size divisible by 32, non-square ones included, and exports to ONNX.
+
+vizoo's model is channel-last (NHWC) inside, and its stages downsample first (the official MBConv-style merging
+that ends each official stage starts the next one here), so every stage output is a feature map at its stride.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, DropPath, Mlp
+from timm.models import generate_default_cfgs, register_model
+
+from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._builder import build_vizoo_model
+from vizoo.layers.linear_attention import MLLALinearAttention
+from vizoo.utils.checkpoint import check_state_dict
+
+__all__ = ["MLLA"]
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d -> optional BatchNorm -> optional activation (the official ``ConvLayer``'s names)."""
+
+    def __init__(self, in_dim, out_dim, kernel_size=3, stride=1, groups=1, bias=True, norm=True, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+        self.norm = nn.BatchNorm2d(out_dim) if norm else nn.Identity()
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class MLLAStem(nn.Module):
+    """Stride-4 conv stem: conv s2; a residual pair of 3x3 convs; conv s2 to 4C; 1x1 to C. NCHW in, NHWC out."""
+
+    def __init__(self, in_chans: int, dim: int):
+        super().__init__()
+        half = dim // 2
+        self.conv1 = ConvNormAct(in_chans, half, stride=2, bias=False)
+        self.conv2 = nn.Sequential(ConvNormAct(half, half, bias=False), ConvNormAct(half, half, bias=False, act=False))
+        self.conv3 = nn.Sequential(
+            ConvNormAct(half, 4 * dim, stride=2, bias=False), ConvNormAct(4 * dim, dim, 1, bias=False, act=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.conv2(x) + x
+        return self.conv3(x).permute(0, 2, 3, 1)
+
+
+class MBConvDownsample(nn.Module):
+    """1x1 conv to 4·C_out -> DW3x3 stride 2 -> 1x1 conv + BN (the official ``PatchMerging``). NHWC in and out."""
+
+    def __init__(self, in_dim: int, dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.conv = nn.Sequential(
+            ConvNormAct(in_dim, hidden, 1, norm=False),
+            ConvNormAct(hidden, hidden, 3, stride=2, groups=hidden, norm=False),
+            ConvNormAct(hidden, dim, 1, act=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class MLLABlock(nn.Module):
+    """CPE, the gated linear-attention path, CPE, MLP. (B, H, W, C) in and out."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path=0.0):
+        super().__init__()
+        self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.in_proj = nn.Linear(dim, dim)
+        self.act_proj = nn.Linear(dim, dim)
+        self.dwc = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.act = nn.SiLU()
+        self.attn = MLLALinearAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + _dwconv_nhwc(self.cpe1, x)
+        h = self.norm1(x)
+        gate = self.act(self.act_proj(h))
+        h = self.act(_dwconv_nhwc(self.dwc, self.in_proj(h)))
+        x = x + self.drop_path(self.out_proj(self.attn(h) * gate))
+        x = x + _dwconv_nhwc(self.cpe2, x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class MLLAStage(nn.Module):
+    def __init__(self, in_dim, dim, depth, num_heads, downsample, drop_path, mlp_ratio, qkv_bias):
+        super().__init__()
+        self.downsample = MBConvDownsample(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(
+            *[MLLABlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path[i]) for i in range(depth)]
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
+
+
+class MLLA(StagedBackbone):
+    """MLLA: conv stem (stride 4), four stages of MLLA blocks with channels doubling, LayerNorm, GAP, linear.
+
+    Args:
+        embed_dim: channels of stage 1 (stage i has embed_dim·2^i). depths, num_heads: per stage.
+        mlp_ratio, qkv_bias: block settings. in_chans, num_classes, global_pool, drop_rate, drop_path_rate: timm's.
+    """
+
+    input_multiple = 32
+    output_fmt = "NHWC"
+
+    def __init__(
+        self,
+        embed_dim: int = 64,
+        depths: tuple[int, ...] = (2, 4, 8, 4),
+        num_heads: tuple[int, ...] = (2, 4, 8, 16),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+    ):
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {depths} and num_heads {num_heads} must have one entry per stage")
+        dims = [embed_dim * 2**i for i in range(len(depths))]
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = MLLAStem(in_chans, embed_dim)
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # torch.linspace, meta-safe
+        stages, self.feature_info = [], []
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            start = sum(depths[:i])
+            stages.append(
+                MLLAStage(
+                    dims[max(i - 1, 0)],
+                    dim,
+                    depth,
+                    num_heads[i],
+                    i > 0,
+                    dpr[start : start + depth],
+                    mlp_ratio,
+                    qkv_bias,
+                )
+            )
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC")
+        self.apply(_init_weights)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MLLA) -> dict[str, torch.Tensor]:
+    """Map an official MLLA checkpoint (``models/mlla.py`` layout) to vizoo's keys.
+
+    The official model downsamples at the end of stages 0-2 (``layers.i.downsample``), vizoo at the start of stages
+    1-3; the official fixed-size RoPE buffers (``attn.rope.rotations``) are dropped, vizoo computes RoPE for the
+    input's size. Raises ``CheckpointError`` listing missing and unexpected keys if the result does not fit ``model``.
+    """
+    state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+    if not any(k.startswith("stages.") for k in state_dict):
+        out = {}
+        for key, value in state_dict.items():
+            if key.endswith("attn.rope.rotations"):
+                continue
+            if key.startswith("patch_embed."):
+                key = "stem." + key.removeprefix("patch_embed.")
+            elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
+                key = f"stages.{m[1]}.blocks.{m[2]}"
+            elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
+                key = f"stages.{int(m[1]) + 1}.downsample.{m[2]}"
+            elif key.startswith("head."):
+                key = "head.fc." + key.removeprefix("head.")
+            out[key] = value
+        state_dict = out
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "stem.conv1.conv")
+    check_state_dict(
+        state_dict,
+        model,
+        getattr(model, "pretrained_cfg", {}).get("architecture", "MLLA"),
+        skip_prefixes=("head.",),
+        skip_shape_check=(f"{first_conv}.weight",),
+    )
+    return state_dict
+
+
+def _create_mlla(variant: str, pretrained: bool = False, **kwargs) -> MLLA:
+    return build_vizoo_model(MLLA, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv1.conv",
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_ids": "arXiv:2405.16605",
+        "origin_url": "https://github.com/LeapLabTHU/MLLA",
+        **kwargs,
+    }
+
+
+# Official weights are linked from the MLLA README; vizoo never downloads them itself, load a downloaded file with
+# ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+default_cfgs = generate_default_cfgs(
+    {
+        "mlla_tiny.in1k": _cfg(),
+        "mlla_small.in1k": _cfg(),
+        "mlla_base.in1k": _cfg(),
+        "test_mlla.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
+    }
+)
+
+# drop_path_rate is each variant's training value from the official cfgs/mlla_*.yaml.
+
+
+@register_model
+def mlla_tiny(pretrained: bool = False, **kwargs) -> MLLA:
+    model_args = dict(embed_dim=64, depths=(2, 4, 8, 4), num_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+    return _create_mlla("mlla_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def mlla_small(pretrained: bool = False, **kwargs) -> MLLA:
+    model_args = dict(embed_dim=64, depths=(3, 6, 21, 6), num_heads=(2, 4, 8, 16), drop_path_rate=0.3)
+    return _create_mlla("mlla_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def mlla_base(pretrained: bool = False, **kwargs) -> MLLA:
+    model_args = dict(embed_dim=96, depths=(3, 6, 21, 6), num_heads=(3, 6, 12, 24), drop_path_rate=0.5)
+    return _create_mlla("mlla_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_mlla(pretrained: bool = False, **kwargs) -> MLLA:
+    """A tiny MLLA for tests (about 0.5 M parameters with 1000 classes)."""
+    model_args = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, drop_path_rate=0.0)
+    return _create_mlla("test_mlla", pretrained, **dict(model_args, **kwargs))
