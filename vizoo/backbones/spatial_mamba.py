@@ -1,0 +1,211 @@
+"""Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State Fusion.
+
+Xiao et al., ICLR 2025. https://arxiv.org/abs/2410.15091
+Official code: https://github.com/EdwardChasel/Spatial-Mamba (weights load through ``checkpoint_filter_fn``).
+
+One row-major selective scan per block returns its hidden states (``vizoo.kernels.selective_scan_states``); the states
+of neighbouring pixels are fused on the 2D map by three dilated depthwise convs (merged into one 11x11 ``F.conv2d``
+in eval mode, no custom CUDA) before the C read-out. Stem and downsample are MLLA's conv blocks.
+
+Channel-last (NHWC) inside; stages downsample first, so every stage output is a feature map at its stride. H and W
+must be divisible by 32.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead
+from timm.models import generate_default_cfgs, register_model
+
+from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._builder import build_vizoo_model
+from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem, SpatialMambaBlock
+from vizoo.utils.checkpoint import check_state_dict
+
+__all__ = ["SpatialMamba"]
+
+
+class SpatialMambaStage(nn.Module):
+    """Optional downsample, then ``depth`` Spatial-Mamba blocks. (B, H, W, C) in and out."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, drop_path: list[float], **block_kwargs):
+        super().__init__()
+        self.downsample = MllaDownsample(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[SpatialMambaBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
+
+
+class SpatialMamba(StagedBackbone):
+    """Spatial-Mamba backbone and classifier.
+
+    Args:
+        in_chans, num_classes, global_pool: as in timm.
+        dims: channels of the four stages (each twice the previous in the paper).
+        depths: blocks per stage.
+        d_state, expand: SSM state size and inner width ratio (1 and 2 in the paper).
+        mlp_ratio: MLP width ratio.
+        scan_backend: backend of the state scan (None picks per device).
+        drop_rate, drop_path_rate: classifier dropout and maximum stochastic depth (linear over blocks).
+    """
+
+    no_weight_decay_leaves = ("A_logs", "Ds", "dt_projs_bias")
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        dims: tuple[int, ...] = (64, 128, 256, 512),
+        depths: tuple[int, ...] = (2, 4, 8, 4),
+        d_state: int = 1,
+        expand: float = 2.0,
+        mlp_ratio: float = 4.0,
+        scan_backend: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.output_fmt = "NHWC"
+        self.stem = MllaStem(in_chans, dims[0])
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            self.stages.append(
+                SpatialMambaStage(
+                    dims[i - 1] if i else dim,
+                    dim,
+                    depth,
+                    i > 0,
+                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    mlp_ratio=mlp_ratio,
+                    d_state=d_state,
+                    expand=expand,
+                    scan_backend=scan_backend,
+                )
+            )
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
+        )
+        self.apply(_init_weights)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """As the official code: truncated-normal Linear weights (std 0.02) with zero bias; LayerNorm to identity."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def rename_mlla_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official MLLA-style keys (``patch_embed``, ``layers.i.blocks``, ``layers.i.downsample`` at the end of stage i,
+    ``head``) -> vizoo's (``stem``, ``stages.i.blocks``, ``stages.{i+1}.downsample``, ``head.fc``); shared by VSSD."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("backbone.")
+        if key.startswith("patch_embed."):
+            key = "stem." + key.removeprefix("patch_embed.")
+        elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
+            key = f"stages.{m[1]}.blocks.{m[2]}"
+        elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
+            key = f"stages.{int(m[1]) + 1}.downsample.{m[2]}"
+        elif key.startswith("head.") and not key.startswith("head.fc."):
+            key = "head.fc." + key.removeprefix("head.")
+        out[key] = value
+    return out
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SpatialMamba) -> dict[str, torch.Tensor]:
+    """Map an official Spatial-Mamba checkpoint (``classification/models/spatialmamba.py``) to vizoo's keys.
+
+    Accepts the raw state dict or one wrapped in ``{"model": ...}``; drops the eval-time ``_merge_weight`` buffers
+    (vizoo merges the kernels on the fly). Raises ``CheckpointError`` listing missing and unexpected keys.
+    """
+    state_dict = state_dict.get("model", state_dict)
+    if not any(k.startswith("stages.") for k in state_dict):
+        state_dict = rename_mlla_layout(state_dict)
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("_merge_weight")}
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "")
+    check_state_dict(
+        state_dict,
+        model,
+        getattr(model, "pretrained_cfg", {}).get("architecture", "SpatialMamba"),
+        skip_prefixes=("head.",),
+        skip_shape_check=(f"{first_conv}.weight",),
+    )
+    return state_dict
+
+
+def _create_spatial_mamba(variant: str, pretrained: bool = False, **kwargs) -> SpatialMamba:
+    return build_vizoo_model(SpatialMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv1.conv",
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2410.15091",
+        "origin_url": "https://github.com/EdwardChasel/Spatial-Mamba",
+        **kwargs,
+    }
+
+
+# Official weights are release assets of EdwardChasel/Spatial-Mamba; vizoo never downloads them itself, load a
+# downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+default_cfgs = generate_default_cfgs(
+    {
+        "spatial_mamba_tiny.in1k": _cfg(),
+        "spatial_mamba_small.in1k": _cfg(),
+        "spatial_mamba_base.in1k": _cfg(),
+        "test_spatial_mamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
+    }
+)
+
+
+@register_model
+def spatial_mamba_tiny(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    model_args = dict(dims=(64, 128, 256, 512), depths=(2, 4, 8, 4), d_state=1, drop_path_rate=0.2)
+    return _create_spatial_mamba("spatial_mamba_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spatial_mamba_small(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    model_args = dict(dims=(64, 128, 256, 512), depths=(2, 4, 21, 5), d_state=1, drop_path_rate=0.3)
+    return _create_spatial_mamba("spatial_mamba_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spatial_mamba_base(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    model_args = dict(dims=(96, 192, 384, 768), depths=(2, 4, 21, 5), d_state=1, drop_path_rate=0.5)
+    return _create_spatial_mamba("spatial_mamba_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_spatial_mamba(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    """A tiny Spatial-Mamba for tests."""
+    model_args = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), d_state=1, mlp_ratio=2.0)
+    return _create_spatial_mamba("test_spatial_mamba", pretrained, **dict(model_args, **kwargs))

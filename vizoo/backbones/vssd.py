@@ -1,0 +1,204 @@
+"""VSSD: Vision Mamba with Non-Causal State Space Duality.
+
+Shi et al., arXiv 2407.18559 (ICCV 2025). https://arxiv.org/abs/2407.18559
+Official code: https://github.com/YuHengsss/VSSD (the Aug 2024 release; weights load through ``checkpoint_filter_fn``).
+
+Mamba2's mixer with the causal mask and decay dropped (NC-SSD) is linear attention with per-token key weights from the
+step sizes: it runs through ``vizoo.kernels.linear_attention`` (pure matmuls, no scan). The last stage uses softmax
+attention. Stem and downsample are MLLA's conv blocks, shared with Spatial-Mamba.
+
+Channel-last (NHWC) inside; stages downsample first, so every stage output is a feature map at its stride. H and W
+must be divisible by 32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead
+from timm.models import generate_default_cfgs, register_model
+
+from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones.spatial_mamba import rename_mlla_layout
+from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem
+from vizoo.layers.vssd import VSSDBlock
+from vizoo.utils.checkpoint import check_state_dict
+
+__all__ = ["VSSD"]
+
+
+class VSSDStage(nn.Module):
+    """Optional downsample, then ``depth`` VSSD blocks. (B, H, W, C) in and out."""
+
+    def __init__(self, in_dim: int, dim: int, downsample: bool, drop_path: list[float], **block_kwargs):
+        super().__init__()
+        self.downsample = MllaDownsample(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[VSSDBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
+
+
+class VSSD(StagedBackbone):
+    """VSSD backbone and classifier.
+
+    Args:
+        in_chans, num_classes, global_pool: as in timm.
+        dims: channels of the four stages.
+        depths: blocks per stage.
+        num_heads: heads per stage (NC-SSD head dim is ``2 * dim / heads``).
+        attn_types: mixer per stage, "ncssd" or "standard" (softmax attention).
+        d_state: NC-SSD state size (64; 48 for Micro).
+        mlp_ratio: MLP width ratio.
+        attn_backend: linear-attention backend (None picks per device).
+        drop_rate, drop_path_rate: classifier dropout and maximum stochastic depth (linear over blocks).
+    """
+
+    no_weight_decay_leaves = ("A_log", "D", "dt_bias")
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        dims: tuple[int, ...] = (64, 128, 256, 512),
+        depths: tuple[int, ...] = (2, 4, 8, 4),
+        num_heads: tuple[int, ...] = (2, 4, 8, 16),
+        attn_types: tuple[str, ...] = ("ncssd", "ncssd", "ncssd", "standard"),
+        d_state: int = 64,
+        mlp_ratio: float = 4.0,
+        attn_backend: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.output_fmt = "NHWC"
+        self.stem = MllaStem(in_chans, dims[0])
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i, dim in enumerate(dims):
+            ssd_kwargs = dict(d_state=d_state, attn_backend=attn_backend) if attn_types[i] == "ncssd" else {}
+            self.stages.append(
+                VSSDStage(
+                    dims[i - 1] if i else dim,
+                    dim,
+                    i > 0,
+                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    num_heads=num_heads[i],
+                    attn_type=attn_types[i],
+                    mlp_ratio=mlp_ratio,
+                    **ssd_kwargs,
+                )
+            )
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
+        )
+        self.apply(_init_weights)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """As the official code: truncated-normal Linear weights (std 0.02) with zero bias; LayerNorm to identity."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VSSD) -> dict[str, torch.Tensor]:
+    """Map an official VSSD checkpoint (``classification/models/mamba2.py``, ``VMAMBA2``) to vizoo's keys.
+
+    The official model downsamples at the end of stages 0-2; vizoo at the start of stages 1-3. Accepts the raw state
+    dict or one wrapped in ``{"model": ...}``. Raises ``CheckpointError`` listing missing and unexpected keys.
+    """
+    state_dict = state_dict.get("model", state_dict)
+    if not any(k.startswith("stages.") for k in state_dict):
+        state_dict = rename_mlla_layout(state_dict)
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "")
+    check_state_dict(
+        state_dict,
+        model,
+        getattr(model, "pretrained_cfg", {}).get("architecture", "VSSD"),
+        skip_prefixes=("head.",),
+        skip_shape_check=(f"{first_conv}.weight",),
+    )
+    return state_dict
+
+
+def _create_vssd(variant: str, pretrained: bool = False, **kwargs) -> VSSD:
+    return build_vizoo_model(VSSD, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv1.conv",
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2407.18559",
+        "origin_url": "https://github.com/YuHengsss/VSSD",
+        **kwargs,
+    }
+
+
+# Official weights are release assets of YuHengsss/VSSD; vizoo never downloads them itself, load a downloaded file
+# with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+default_cfgs = generate_default_cfgs(
+    {
+        "vssd_micro.in1k": _cfg(),
+        "vssd_tiny.in1k": _cfg(),
+        "vssd_small.in1k": _cfg(),
+        "vssd_base.in1k": _cfg(),
+        "test_vssd.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
+    }
+)
+
+
+@register_model
+def vssd_micro(pretrained: bool = False, **kwargs) -> VSSD:
+    model_args = dict(
+        dims=(48, 96, 192, 384), depths=(2, 2, 8, 4), num_heads=(2, 4, 8, 16), d_state=48, drop_path_rate=0.1
+    )
+    return _create_vssd("vssd_micro", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vssd_tiny(pretrained: bool = False, **kwargs) -> VSSD:
+    model_args = dict(dims=(64, 128, 256, 512), depths=(2, 4, 8, 4), num_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+    return _create_vssd("vssd_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vssd_small(pretrained: bool = False, **kwargs) -> VSSD:
+    model_args = dict(dims=(64, 128, 256, 512), depths=(3, 4, 21, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.4)
+    return _create_vssd("vssd_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vssd_base(pretrained: bool = False, **kwargs) -> VSSD:
+    model_args = dict(dims=(96, 192, 384, 768), depths=(3, 4, 21, 5), num_heads=(3, 6, 12, 24), drop_path_rate=0.6)
+    return _create_vssd("vssd_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_vssd(pretrained: bool = False, **kwargs) -> VSSD:
+    """A tiny VSSD for tests."""
+    model_args = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), d_state=8, mlp_ratio=2.0)
+    return _create_vssd("test_vssd", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,159 @@
+"""MSVMamba's layers (Shi et al., "Multi-Scale VMamba: Hierarchy in Hierarchy Visual State Space Model",
+NeurIPS 2024, arXiv 2405.14174): the multi-scale 2D selective scan, SE and ConvFFN. Channel-last (B, H, W, C).
+
+Parameter names follow the official code (``classification/models/vmamba.py``, ``multiscale_4scan_12``) so that
+checkpoints map by stage prefix only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath
+
+from vizoo.kernels.cross_scan import multiscale_merge, multiscale_scan
+from vizoo.kernels.selective_scan import selective_scan
+
+NUM_GROUPS = 2  # parameter groups: 0 for the three low-resolution routes (one sequence), 1 for the full route
+
+
+class SqueezeExcite(nn.Module):
+    """SE on channel-first maps with bias-free Linear layers (the official ``SEModule``: keys ``fc.0``, ``fc.2``)."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction, bias=False),
+            nn.ReLU(),
+            nn.Linear(channels // reduction, channels, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+class ConvFFN(nn.Module):
+    """1x1 -> (x + DW3x3(x)) -> GELU -> 1x1, on channel-first maps."""
+
+    def __init__(self, dim: int, expansion: int = 2):
+        super().__init__()
+        hidden = dim * expansion
+        self.linear1 = nn.Conv2d(dim, hidden, 1)
+        self.dwc = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.linear2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear1(x)
+        return self.linear2(self.act(x + self.dwc(x)))
+
+
+class MultiScaleSS2D(nn.Module):
+    """MSVMamba's multi-scale SS2D (v1, ``multiscale_4scan_12``). (B, H, W, C) -> (B, H, W, C).
+
+    in_proj -> (x, z). The full-resolution branch is DWConv3x3 -> SiLU, read row-major; the low-resolution branch is
+    DWConv7x7 stride 2 -> SiLU of the same (pre-conv) x, read along three routes concatenated into one sequence and
+    scanned once (``vizoo.kernels.multiscale_scan``). Each branch has its own projections, A, D and step-size bias.
+    The outputs are LayerNormed per token, put back (``multiscale_merge``), the low-resolution map is upsampled
+    bilinearly and added, then SE -> ``· SiLU(z)`` -> out_proj.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 1,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        conv_bias: bool = True,
+        se_reduction: int = 8,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan_backend: str | None = None,
+    ):
+        super().__init__()
+        d_inner = int(ssm_ratio * dim)
+        self.d_inner, self.d_state = d_inner, d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=conv_bias)
+        self.conv2d_b1 = nn.Conv2d(d_inner, d_inner, 7, stride=2, padding=3, groups=d_inner, bias=conv_bias)
+        self.x_proj_weight = nn.Parameter(torch.empty(NUM_GROUPS, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(NUM_GROUPS, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(NUM_GROUPS, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(NUM_GROUPS * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(NUM_GROUPS * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.se = SqueezeExcite(d_inner, se_reduction) if se_reduction else None
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+        """Mamba's initialisation: S4D-real A, D = 1, step sizes log-uniform in [dt_min, dt_max]."""
+        bound = self.d_inner**-0.5
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        nn.init.uniform_(self.dt_projs_weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
+        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def _scan(self, xs: torch.Tensor, group: int) -> torch.Tensor:
+        """One selective scan of (b, d, l) with parameter group ``group``; returns (b, l, d) LayerNormed."""
+        d = self.d_inner
+        dts, Bs, Cs = torch.split(
+            torch.matmul(self.x_proj_weight[group], xs), [self.dt_rank, self.d_state, self.d_state], dim=1
+        )
+        y = selective_scan(
+            xs,
+            torch.matmul(self.dt_projs_weight[group], dts),
+            -torch.exp(self.A_logs[group * d : (group + 1) * d].float()),
+            Bs,
+            Cs,
+            self.Ds[group * d : (group + 1) * d].float(),
+            delta_bias=self.dt_projs_bias[group].float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+        return self.out_norm(y.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h, w, _ = x.shape
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = x.permute(0, 3, 1, 2)
+        x_low = self.act(self.conv2d_b1(x))
+        x = self.act(self.conv2d(x))
+        lh, lw = x_low.shape[2:]
+        seq = multiscale_scan(x, x_low, backend=self.scan_backend)  # (b, d, h·w + 3·lh·lw)
+        full = h * w
+        y = torch.cat([self._scan(seq[..., :full], 1), self._scan(seq[..., full:], 0)], dim=1)  # (b, l, d)
+        y, y_low = multiscale_merge(y.transpose(1, 2), (h, w), (lh, lw), backend=self.scan_backend)
+        y = y + F.interpolate(y_low, size=(h, w), mode="bilinear", align_corners=False)
+        if self.se is not None:
+            y = self.se(y)
+        return self.out_proj(y.permute(0, 2, 3, 1) * self.act(z))
+
+
+class MSVSSBlock(nn.Module):
+    """``x + DP(MSSS2D(LN(x)))``, then ``x + DP(ConvFFN(LN(x)))``. (B, H, W, C) in and out."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, ffn_expansion: int = 2, **ssm_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = MultiScaleSS2D(dim, **ssm_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.convFFN = ConvFFN(dim, ffn_expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        return x + self.drop_path(self.convFFN(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
