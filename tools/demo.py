@@ -1,8 +1,9 @@
 """End-to-end demo: train a tiny vizoo backbone on real images on CPU, then benchmark a real-size one.
 
-1. Trains ``--model`` (default ``test_vmamba``) from scratch on faces vs non-faces (``vizoo.data.lfw_faces``:
-   200 real 25x25 LFW crops bundled with scikit-image, resized to ``--img-size``) with timm's AdamW and cosine
-   schedule, and checks that validation accuracy is well above chance.
+1. Trains ``--model`` (default ``test_vmamba``) from scratch on faces vs non-faces (200 real 25x25 LFW crops
+   bundled with scikit-image, written as an ImageNet-layout folder and resized to ``--img-size``) through
+   ``vizoo.train``, the code path of ``tools/train.py`` (timm's AdamW and warmup + cosine schedule, albumentations
+   augmentation, checkpoints), and checks that validation accuracy is well above chance.
 2. Exports the trained model to ONNX, checks onnxruntime against PyTorch on the validation images, and compares
    int8 (dynamic and static QDQ) with fp32 in accuracy and latency.
 3. Prints the latency table of ``--bench-model`` (default ``vmamba_tiny_s1l8``) at 224x224 against DeiT-S and
@@ -14,6 +15,7 @@ Run ``python tools/demo.py`` (what ``make demo`` runs); exits non-zero if valida
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -22,18 +24,16 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
-from timm.utils import random_seed
+from timm.data import resolve_data_config
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 import vizoo
-from vizoo.benchmark import DEFAULT_BASELINES, bench_models, build_model, format_table
-from vizoo.data import lfw_faces
-from vizoo.utils.complexity import count_params
+from vizoo.benchmark import DEFAULT_BASELINES, bench_models, format_table
+from vizoo.data import LFW_CLASSES, stratified_split
+from vizoo.train import ImageFolderDataset, TrainConfig, build_eval_transform, scan_dataset
+from vizoo.train import train as train_classifier
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,19 +52,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bench-min-time", type=float, default=1.0, help="seconds of timed passes per point")
     p.add_argument("--no-bench", action="store_true", help="skip the latency benchmark")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export, parity and int8 check")
-    p.add_argument("--output-dir", default="outputs/demo", help="where the ONNX files go")
+    p.add_argument("--output-dir", default="outputs/demo", help="where the data, the run and the ONNX files go")
     return p.parse_args(argv)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and +-2 pixel translations (reflect padding) of a batch."""
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
-    pad = 2
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    return xp[:, :, dy : dy + h, dx : dx + w]
+def write_lfw_folder(root: Path, seed: int) -> Path:
+    """LFW faces vs non-faces (``vizoo.data.lfw_faces``' images and split) as PNGs in root/{train,val}/<class>/."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    images = np.asarray(lfw_subset(), dtype=np.float32)
+    images = images / 255.0 if images.max() > 1.0 else images
+    labels = np.concatenate([np.ones(100, dtype=np.int64), np.zeros(100, dtype=np.int64)])
+    train_idx, val_idx = stratified_split(labels, 0.25, seed)
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        for i in idx:
+            folder = root / split / LFW_CLASSES[labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((images[i] * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def as_tensors(split, transform) -> TensorDataset:
+    """A folder split through the evaluation transform, as one (images, labels) TensorDataset."""
+    ds = ImageFolderDataset(split, transform)
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
 @torch.inference_mode()
@@ -77,60 +90,34 @@ def accuracy(model: nn.Module, ds: TensorDataset, batch_size: int = 64) -> float
 
 
 def train(args: argparse.Namespace) -> tuple[nn.Module, TensorDataset, TensorDataset, float]:
-    """Train ``args.model`` on LFW faces vs non-faces; returns (model, train set, val set, validation accuracy)."""
-    random_seed(args.seed)
-    train_ds, val_ds = lfw_faces(img_size=args.img_size, seed=args.seed)
-    model, _ = build_model(args.model, args.img_size, num_classes=2)
+    """Train ``args.model`` on LFW faces vs non-faces with vizoo.train (what tools/train.py runs).
+
+    Returns (model, train set, val set, validation accuracy); the sets are the images after the evaluation transform.
+    """
+    out = Path(args.output_dir)
+    data_dir = write_lfw_folder(out / "lfw_faces", args.seed)
+    cfg = TrainConfig(
+        model=args.model, data_dir=str(data_dir), output=str(out / "train"), img_size=args.img_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * 0.01, min_lr=args.lr * 0.01, seed=args.seed,
+        # a small data set: light augmentation, no mixup/cutmix, no EMA (too few steps for it)
+        mixup=0.0, cutmix=0.0, smoothing=0.1, model_ema=False, aa=None, reprob=0.0, scale=(0.7, 1.0),
+        color_jitter=0.2, clip_grad=None, workers=0, eval_every=10, log_every=10,
+    )  # fmt: skip
     print(
-        f"training {args.model} ({count_params(model) / 1e6:.2f} M params) on LFW faces vs non-faces at "
-        f"{args.img_size}x{args.img_size}: {len(train_ds)} train / {len(val_ds)} val images, "
-        f"{args.epochs} epochs, batch {args.batch_size}, {torch.get_num_threads()} threads"
+        f"training {args.model} with vizoo.train (tools/train.py's code path) on LFW faces vs non-faces at "
+        f"{args.img_size}x{args.img_size}: {args.epochs} epochs, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads; data in {data_dir}, run in {cfg.output}"
     )
-    loader = DataLoader(
-        train_ds,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=args.lr, weight_decay=args.weight_decay)
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched="cosine",
-        num_epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.lr * 0.01,
-        min_lr=args.lr * 0.01,
-        step_on_epochs=False,
-        updates_per_epoch=len(loader),
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-    aug_gen = torch.Generator().manual_seed(args.seed + 1)
-    updates = 0
     t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, file=sys.stderr, disable=None)
-        for x, y in bar:
-            logits = model(augment(x, aug_gen))
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            updates += 1
-            scheduler.step_update(updates)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(-1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        lr = optimizer.param_groups[0]["lr"]
-        print(
-            f"epoch {epoch + 1:3d}/{args.epochs}  train loss {loss_sum / seen:.4f}  train acc {correct / seen:.3f}  "
-            f"lr {lr:.2e}  {time.perf_counter() - t0:5.1f}s"
-        )
-    train_acc, val_acc = accuracy(model, train_ds), accuracy(model, val_ds)
+    result = train_classifier(cfg)
     print(f"trained in {time.perf_counter() - t0:.1f}s")
+    model = result.model.eval()
+    train_split, val_split = scan_dataset(data_dir)
+    data_cfg = resolve_data_config({}, model=model)
+    eval_tf = build_eval_transform(args.img_size, data_cfg["mean"], data_cfg["std"], data_cfg["crop_pct"])
+    train_ds, val_ds = as_tensors(train_split, eval_tf), as_tensors(val_split, eval_tf)
+    train_acc, val_acc = accuracy(model, train_ds), accuracy(model, val_ds)
     print(f"train accuracy {train_acc:.2f}")
     print(f"validation accuracy {val_acc:.2f} (chance 0.50)")
     return model, train_ds, val_ds, val_acc
@@ -190,6 +177,7 @@ def bench(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # vizoo.train's per-epoch lines
     torch.set_num_threads(os.cpu_count() or 1)
     names = [args.model] + ([] if args.no_bench else [args.bench_model])
     missing = [n for n in names if not timm.is_model(n)]

@@ -44,9 +44,12 @@ def test_default_cfg_contract(name):
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         feats = model.forward_features(torch.randn(1, *cfg["input_size"]))
-        nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
-        spatial, chans = (feats.shape[1:3], feats.shape[-1]) if nhwc else (feats.shape[2:], feats.shape[1])
-        assert tuple(spatial) == tuple(cfg["pool_size"]) and chans == model.num_features
+        if feats.dim() == 3:  # token models (Vim): (B, tokens, C)
+            assert feats.shape[-1] == model.num_features
+        else:
+            nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+            spatial, chans = (feats.shape[1:3], feats.shape[-1]) if nhwc else (feats.shape[2:], feats.shape[1])
+            assert tuple(spatial) == tuple(cfg["pool_size"]) and chans == model.num_features
         assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
         model.reset_classifier(0)
         assert model(x).shape == (1, model.num_features)

@@ -96,8 +96,11 @@ def test_mobile_report_and_ort_format(exported):
 
 
 def test_vmamba_tiny_graph_size(tmp_path):
-    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (with parity at 224)."""
-    result = export_onnx("vmamba_tiny_s1l8", tmp_path / "tiny.onnx")
+    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (with parity at 224).
+
+    Static batch: tracing is about twice as fast; the dynamic-batch graph is smaller (4,884 vs 4,911 nodes).
+    """
+    result = export_onnx("vmamba_tiny_s1l8", tmp_path / "tiny.onnx", dynamic_batch=False)
     assert result.nodes <= 5000, result.nodes
     assert result.max_abs_diff <= 1e-4
 

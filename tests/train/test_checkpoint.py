@@ -1,0 +1,57 @@
+"""Checkpoints: atomic layout, keep-last-N, corrupt files give clear errors and --resume auto falls back."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vizoo.train import CheckpointError, find_resume_checkpoint, list_checkpoints, load_checkpoint
+
+from .conftest import run_tool
+
+
+def test_layout(short_run):
+    ckpts = list_checkpoints(short_run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-000000003", "step-000000006", "step-000000009"]
+    assert (short_run / "checkpoints" / "last").read_text().strip() == "step-000000009"
+    assert not [p for p in (short_run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    ckpt = load_checkpoint(short_run / "checkpoints" / "step-000000006")
+    st = ckpt.state
+    assert (st["epoch"], st["step_in_epoch"], st["step"], st["num_classes"]) == (0, 6, 6, 2)
+    assert {"optimizer", "scheduler", "scaler", "rng", "config"} <= set(st)
+    assert set(st["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    end = load_checkpoint(short_run / "checkpoints" / "last").state
+    assert (end["epoch"], end["step_in_epoch"]) == (1, 0)
+    final = load_file(str(short_run / "model.safetensors"))
+    assert all(torch.equal(final[k], v) for k, v in load_checkpoint(ckpts[-1]).model.items())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_state"])
+def test_corrupt_checkpoint(short_run, tmp_path, damage):
+    out = tmp_path / "run"
+    shutil.copytree(short_run, out)
+    newest = out / "checkpoints" / "step-000000009"
+    if damage == "truncate":
+        f = newest / "model.safetensors"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        expect = "model.safetensors' is corrupt"
+    else:
+        (newest / "state.pt").write_bytes(b"\x00garbage" * 10)
+        expect = "state.pt' is corrupt or truncated"
+    with pytest.raises(CheckpointError, match=expect) as info:
+        load_checkpoint(newest)
+    assert "step-000000006" in str(info.value) and "--resume auto" in str(info.value)
+    assert (out / "checkpoints" / "step-000000006" / "model.safetensors").is_file()  # the last good one is kept
+    ckpt = find_resume_checkpoint(out)  # --resume auto falls back to it
+    assert ckpt.path.name == "step-000000006"
+
+
+def test_corrupt_checkpoint_tool_message(short_run, lfw_data, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(short_run, out)
+    newest = out / "checkpoints" / "step-000000009"
+    (newest / "model.safetensors").write_bytes(b"garbage")
+    proc = run_tool(["--data-dir", lfw_data, "--img-size", 32, "--workers", 0, "--resume", newest, "--output", out])
+    assert proc.returncode == 1, proc.stderr
+    assert "is corrupt" in proc.stderr and "--resume auto" in proc.stderr and "Traceback" not in proc.stderr
