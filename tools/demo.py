@@ -177,7 +177,8 @@ def bench(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # vizoo.train's per-epoch lines
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # quiet onnxscript/onnxruntime INFO chatter
+    logging.getLogger("vizoo").setLevel(logging.INFO)  # vizoo.train's per-epoch lines
     torch.set_num_threads(os.cpu_count() or 1)
     names = [args.model] + ([] if args.no_bench else [args.bench_model])
     missing = [n for n in names if not timm.is_model(n)]
