@@ -25,8 +25,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
-from vizoo.utils.checkpoint import check_state_dict
+from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 
 __all__ = ["CASViT", "fuse_conv_bn"]
 
@@ -184,7 +183,7 @@ class CASViT(StagedBackbone):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(_init_weights)
+        self.apply(init_trunc_normal)
 
     @torch.no_grad()
     def fuse(self) -> CASViT:
@@ -218,13 +217,6 @@ class CASViT(StagedBackbone):
             self.head.fc = fused
             self.norm = nn.Identity()
         return self
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,15 +295,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CASViT) -> 
             if f"dist_head.{name}" in state_dict and f"head.fc.{name}" in out:
                 out[f"head.fc.{name}"] = (out[f"head.fc.{name}"] + state_dict[f"dist_head.{name}"]) / 2
         state_dict = out
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "stem.0")
-    check_state_dict(
-        state_dict,
-        model,
-        getattr(model, "pretrained_cfg", {}).get("architecture", "CASViT"),
-        skip_prefixes=("head.",),
-        skip_shape_check=(f"{first_conv}.weight",),
-    )
-    return state_dict
+    return check_converted(state_dict, model)
 
 
 def _create_cas_vit(variant: str, pretrained: bool = False, **kwargs) -> CASViT:
@@ -319,22 +303,9 @@ def _create_cas_vit(variant: str, pretrained: bool = False, **kwargs) -> CASViT:
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2408.03703",
-        "origin_url": "https://github.com/Tianfang-Zhang/CAS-ViT",
-        **kwargs,
-    }
+    return imagenet_cfg(
+        "stem.0", "arXiv:2408.03703", "https://github.com/Tianfang-Zhang/CAS-ViT", license="mit", **kwargs
+    )
 
 
 # Official weights are linked from the CAS-ViT MODEL_ZOO; vizoo never downloads them itself, load a downloaded file

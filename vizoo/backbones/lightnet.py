@@ -36,9 +36,8 @@ from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted
 from vizoo.kernels import additive_recurrence, linear_attention
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["LightNet", "LightNetAttention", "MDTPE", "md_lrpe"]
 
@@ -220,8 +219,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: LightNet) -
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
     out = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    check_state_dict(out, model, model.model_name, skip_prefixes=("head.",), skip_shape_check=("stem.proj.weight",))
-    return out
+    return check_converted(out, model)
 
 
 def _create_lightnet(variant: str, pretrained: bool = False, **kwargs) -> LightNet:

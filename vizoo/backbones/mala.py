@@ -20,6 +20,7 @@ every stage output is a feature map at its stride. Inputs must have H and W divi
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -27,9 +28,8 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MagnitudeAwareLinearAttention, SoftmaxAttentionRoPE
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["MALA"]
 
@@ -184,14 +184,7 @@ class MALA(StagedBackbone):
         self.stages = nn.Sequential(*stages)
         self.norm = ConvProjection(dims[-1], head_hidden)
         self.head = ClassifierHead(head_hidden, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(_init_weights)
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(partial(init_trunc_normal, layer_types=(nn.Conv2d, nn.Linear)))
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MALA) -> dict[str, torch.Tensor]:
@@ -223,15 +216,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MALA) -> di
                 value = value.flatten(1) if value.dim() == 4 else value
             out[key] = value
         state_dict = out
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "stem.0")
-    check_state_dict(
-        state_dict,
-        model,
-        getattr(model, "pretrained_cfg", {}).get("architecture", "MALA"),
-        skip_prefixes=("head.",),
-        skip_shape_check=(f"{first_conv}.weight",),
-    )
-    return state_dict
+    return check_converted(state_dict, model)
 
 
 def _create_mala(variant: str, pretrained: bool = False, **kwargs) -> MALA:
@@ -239,22 +224,7 @@ def _create_mala(variant: str, pretrained: bool = False, **kwargs) -> MALA:
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "unknown",
-        "paper_ids": "arXiv:2507.00698",
-        "origin_url": "https://github.com/qhfan/MALA",
-        **kwargs,
-    }
+    return imagenet_cfg("stem.0", "arXiv:2507.00698", "https://github.com/qhfan/MALA", license="unknown", **kwargs)
 
 
 # The official checkpoints are on Baidu pan (see the MALA README); vizoo never downloads them itself, load a

@@ -24,9 +24,8 @@ from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MLLALinearAttention
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["MLLA"]
 
@@ -176,14 +175,7 @@ class MLLA(StagedBackbone):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC")
-        self.apply(_init_weights)
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MLLA) -> dict[str, torch.Tensor]:
@@ -209,15 +201,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MLLA) -> di
                 key = "head.fc." + key.removeprefix("head.")
             out[key] = value
         state_dict = out
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "stem.conv1.conv")
-    check_state_dict(
-        state_dict,
-        model,
-        getattr(model, "pretrained_cfg", {}).get("architecture", "MLLA"),
-        skip_prefixes=("head.",),
-        skip_shape_check=(f"{first_conv}.weight",),
-    )
-    return state_dict
+    return check_converted(state_dict, model)
 
 
 def _create_mlla(variant: str, pretrained: bool = False, **kwargs) -> MLLA:
@@ -225,22 +209,9 @@ def _create_mlla(variant: str, pretrained: bool = False, **kwargs) -> MLLA:
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.conv1.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2405.16605",
-        "origin_url": "https://github.com/LeapLabTHU/MLLA",
-        **kwargs,
-    }
+    return imagenet_cfg(
+        "stem.conv1.conv", "arXiv:2405.16605", "https://github.com/LeapLabTHU/MLLA", license="mit", **kwargs
+    )
 
 
 # Official weights are linked from the MLLA README; vizoo never downloads them itself, load a downloaded file with

@@ -23,10 +23,9 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers import PatchStem
 from vizoo.layers.msvmamba import MSVSSBlock
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["MSVMamba"]
 
@@ -103,18 +102,7 @@ class MSVMamba(StagedBackbone):
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
         )
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """As the official code: truncated-normal Linear weights (std 0.02) with zero bias; LayerNorm to identity."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_trunc_normal)
 
 
 _STEM_NAMES = {"0": "conv", "2": "norm"}  # official Sequential(Conv2d, Permute, LayerNorm)
@@ -150,15 +138,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MSVMamba) -
     state_dict = state_dict.get("model", state_dict)
     if not any(k.startswith("stages.") for k in state_dict):
         state_dict = _rename_official(state_dict)
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "")
-    check_state_dict(
-        state_dict,
-        model,
-        getattr(model, "pretrained_cfg", {}).get("architecture", "MSVMamba"),
-        skip_prefixes=("head.",),
-        skip_shape_check=(f"{first_conv}.weight",),
-    )
-    return state_dict
+    return check_converted(state_dict, model)
 
 
 def _create_msvmamba(variant: str, pretrained: bool = False, **kwargs) -> MSVMamba:
@@ -166,22 +146,9 @@ def _create_msvmamba(variant: str, pretrained: bool = False, **kwargs) -> MSVMam
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2405.14174",
-        "origin_url": "https://github.com/YuHengsss/MSVMamba",
-        **kwargs,
-    }
+    return imagenet_cfg(
+        "stem.conv", "arXiv:2405.14174", "https://github.com/YuHengsss/MSVMamba", license="mit", **kwargs
+    )
 
 
 # Official weights are release assets of YuHengsss/MSVMamba; vizoo never downloads them itself, load a downloaded

@@ -21,9 +21,8 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem, SpatialMambaBlock
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["SpatialMamba"]
 
@@ -98,18 +97,7 @@ class SpatialMamba(StagedBackbone):
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
         )
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """As the official code: truncated-normal Linear weights (std 0.02) with zero bias; LayerNorm to identity."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_trunc_normal)
 
 
 def rename_mlla_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -140,15 +128,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SpatialMamb
     if not any(k.startswith("stages.") for k in state_dict):
         state_dict = rename_mlla_layout(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith("_merge_weight")}
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "")
-    check_state_dict(
-        state_dict,
-        model,
-        getattr(model, "pretrained_cfg", {}).get("architecture", "SpatialMamba"),
-        skip_prefixes=("head.",),
-        skip_shape_check=(f"{first_conv}.weight",),
-    )
-    return state_dict
+    return check_converted(state_dict, model)
 
 
 def _create_spatial_mamba(variant: str, pretrained: bool = False, **kwargs) -> SpatialMamba:
@@ -156,22 +136,13 @@ def _create_spatial_mamba(variant: str, pretrained: bool = False, **kwargs) -> S
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.conv1.conv",
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2410.15091",
-        "origin_url": "https://github.com/EdwardChasel/Spatial-Mamba",
+    return imagenet_cfg(
+        "stem.conv1.conv",
+        "arXiv:2410.15091",
+        "https://github.com/EdwardChasel/Spatial-Mamba",
+        license="apache-2.0",
         **kwargs,
-    }
+    )
 
 
 # Official weights are release assets of EdwardChasel/Spatial-Mamba; vizoo never downloads them itself, load a

@@ -35,9 +35,8 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from vizoo.backbones._base import check_image_input, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted
 from vizoo.layers.mamba_block import MambaBlock
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["Vim"]
 
@@ -304,9 +303,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Vim) -> dic
             old_side = math.isqrt(value.shape[1] - 1)
             value = _resample_pos_embed(value, (old_side, old_side), model.grid_size)
         out[key] = value
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", "patch_embed.proj")
-    check_state_dict(out, model, model.model_name, skip_prefixes=("head.",), skip_shape_check=(f"{first_conv}.weight",))
-    return out
+    return check_converted(out, model)
 
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:

@@ -25,9 +25,8 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
-from vizoo.backbones._builder import build_vizoo_model
+from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers import ConvDownsample, ConvStem, PatchStem, VSSBlock
-from vizoo.utils.checkpoint import check_state_dict
 
 __all__ = ["VMamba"]
 
@@ -137,18 +136,7 @@ class VMamba(StagedBackbone):
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
         )
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """As the official code: truncated-normal Linear weights (std 0.02) with zero bias; LayerNorm to identity."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_trunc_normal)
 
 
 # Official key -> vizoo key, applied in order. Older releases used ``patch_embed.proj``/``ln_1``/``self_attention``.
@@ -180,15 +168,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VMamba) -> 
     for k, v in state_dict.items():
         if k in target and v.dim() == 4 and target[k].dim() == 2 and v.shape[2:] == (1, 1):
             state_dict[k] = v.flatten(1)
-    first_conv = model.pretrained_cfg.get("first_conv", "") if hasattr(model, "pretrained_cfg") else ""
-    check_state_dict(
-        state_dict,
-        model,
-        getattr(model, "pretrained_cfg", {}).get("architecture", "VMamba"),
-        skip_prefixes=("head.",),
-        skip_shape_check=(f"{first_conv}.weight",),
-    )
-    return state_dict
+    return check_converted(state_dict, model)
 
 
 def _rename_official(state_dict: dict[str, torch.Tensor], model: VMamba) -> dict[str, torch.Tensor]:
@@ -218,22 +198,7 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
 
 
 def _cfg(first_conv: str = "stem.conv1", **kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": first_conv,
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2401.10166",
-        "origin_url": "https://github.com/MzeroMiko/VMamba",
-        **kwargs,
-    }
+    return imagenet_cfg(first_conv, "arXiv:2401.10166", "https://github.com/MzeroMiko/VMamba", license="mit", **kwargs)
 
 
 # Official weights are GitHub release assets of MzeroMiko/VMamba (see README); vizoo never downloads them itself, load
