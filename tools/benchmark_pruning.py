@@ -4,8 +4,10 @@
 2. Accuracy kept on scikit-learn digits: a DeiT-Tiny-shaped ViT (32x32 input, 4x4 patches) trained briefly, then
    pruned 50%, then fine-tuned briefly.
 3. ToMe at r = 8 and 16: DeiT-S throughput at batch 1 and 32, and the digits model's accuracy change.
+4. Vim token pruning (ToP-ViM's blocks 5/10/15, keep 0.8) with and without hidden-state alignment: Vim-S MACs and
+   latency vs the dense model, and the accuracy kept by a small Vim trained on digits (no fine-tune, then 1 epoch).
 
-    python tools/benchmark_pruning.py [--sections deit digits tome] [--epochs 6] [--threads 2]
+    python tools/benchmark_pruning.py [--sections deit digits tome vim] [--epochs 6] [--threads 2]
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from vizoo.data import digits, photo_batch
-from vizoo.pruning import apply_tome, block_prune, compact, finetune, remove_token_reduction
+from vizoo.pruning import (
+    apply_tome,
+    apply_vim_token_pruning,
+    block_prune,
+    compact,
+    finetune,
+    remove_token_reduction,
+    remove_vim_token_pruning,
+)
 from vizoo.utils.complexity import count_macs, count_params
 
 
@@ -131,9 +141,48 @@ def tome(args, model=None, vl=None) -> None:
         remove_token_reduction(model)
 
 
+def vim_token_pruning(args) -> None:
+    print("== Vim token pruning: ToP-ViM schedule (keep 0.8 in blocks 5, 10, 15 of 24), aligned vs packed ==")
+    dense = timm.create_model("vim_small").eval()
+    variants = {
+        "aligned": apply_vim_token_pruning(copy.deepcopy(dense), 0.8, align=True),
+        "packed": apply_vim_token_pruning(copy.deepcopy(dense), 0.8, align=False),
+    }
+    m0 = count_macs(dense)
+    print(
+        f"vim_small GMACs: dense {m0 / 1e9:.3f}; "
+        + ", ".join(f"{k} {count_macs(m) / 1e9:.3f} ({count_macs(m) / m0:.3f})" for k, m in variants.items())
+    )
+    t = latencies({"dense": dense, **variants}, torch.randn(1, 3, 224, 224), max(3, args.runs // 4))
+    print("vim_small latency batch 1: " + ", ".join(f"{k} {v:.0f} ms ({t['dense'] / v:.2f}x)" for k, v in t.items()))
+
+    print("== accuracy kept on scikit-learn digits: Vim (8 blocks, 96 wide, 32x32, 4x4 patches, 64 patch tokens) ==")
+    torch.manual_seed(0)
+    train_set, val_set = digits(img_size=32)
+    tl = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    vl = DataLoader(val_set, batch_size=128)
+    model = timm.create_model(
+        "vim_tiny", img_size=32, patch_size=4, embed_dim=96, depth=8, d_state=8, num_classes=10, drop_path_rate=0.0
+    )
+    start = time.perf_counter()
+    train(model, tl, args.epochs, 1e-3)
+    base = accuracy(model, vl)
+    print(f"trained for {args.epochs} epochs in {time.perf_counter() - start:.0f}s: dense accuracy {base:.4f}")
+    for keep in (0.7, 0.5):
+        row = []
+        for align in (True, False):
+            pruned = apply_vim_token_pruning(copy.deepcopy(model), keep, layers=[2, 4, 6], align=align)
+            one_shot = accuracy(pruned, vl)
+            train(pruned, tl, args.ft_epochs, 2e-4)
+            row.append(f"{'aligned' if align else 'packed'} {one_shot:.4f} -> {accuracy(pruned, vl):.4f}")
+            remove_vim_token_pruning(pruned)
+        print(f"keep {keep} in blocks 2/4/6 (no fine-tune -> {args.ft_epochs}-epoch fine-tune): " + "; ".join(row))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=["deit", "digits", "tome"], choices=["deit", "digits", "tome"])
+    sections = ["deit", "digits", "tome", "vim"]
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     parser.add_argument("--epochs", type=int, default=6, help="digits training epochs")
     parser.add_argument("--ft-epochs", type=int, default=1, help="fine-tune epochs after pruning")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model at batch 1")
@@ -150,6 +199,8 @@ def main() -> None:
         digits_pruning(args, model, tl, vl)
     if "tome" in args.sections:
         tome(args, model, vl)
+    if "vim" in args.sections:
+        vim_token_pruning(args)
 
 
 if __name__ == "__main__":

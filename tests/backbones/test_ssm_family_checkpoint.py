@@ -1,6 +1,7 @@
-"""Loading official Spatial-Mamba, VSSD and MSVMamba checkpoints. The official key layouts are written out here by hand
-from the official code (EdwardChasel/Spatial-Mamba ``spatialmamba.py``, YuHengsss/VSSD ``mamba2.py``,
-YuHengsss/MSVMamba ``vmamba.py``), independently of vizoo's ``checkpoint_filter_fn``."""
+"""Loading official Spatial-Mamba, VSSD, MSVMamba and EfficientVMamba checkpoints. The official key layouts are written
+out here by hand from the official code (EdwardChasel/Spatial-Mamba ``spatialmamba.py``, YuHengsss/VSSD ``mamba2.py``,
+YuHengsss/MSVMamba ``vmamba.py``, TerryPei/EfficientVMamba ``vmamba_efficient.py`` and ``lib/models/operations.py``),
+independently of vizoo's ``checkpoint_filter_fn``."""
 
 import pytest
 import timm
@@ -38,10 +39,32 @@ def msvmamba_official_key(key: str) -> str:
     return mlla_official_key(key)
 
 
+def efficient_vmamba_official_key(key: str) -> str:
+    """EfficientVMamba (the one-block-per-stage test variant): EVSS stages as MSVMamba's; an inverted-residual stage
+    ``layers.i`` is Sequential(Permute, block, Permute, downsample) with MobileNetV2-style block names."""
+    parts = key.split(".")
+    rest = ".".join(parts[5:])
+    if parts[0] == "stages" and parts[1] == "3" and parts[2] == "downsample":
+        return "layers.2.3." + ".".join(parts[3:])
+    if parts[0] == "stages" and int(parts[1]) >= 2 and parts[2] == "blocks":
+        official = {
+            "conv_pw": "conv_pw.0",
+            "bn1": "conv_pw.1",
+            "conv_dw": "conv_dw.0",
+            "bn2": "conv_dw.1",
+            "se": "se",
+            "conv_pwl": "conv_pw2.0",
+            "bn3": "conv_pw2.1",
+        }[parts[4]]
+        return f"layers.{parts[1]}.{int(parts[3]) + 1}.{official}.{rest}"
+    return msvmamba_official_key(key)
+
+
 OFFICIAL_KEY = {
     "test_spatial_mamba": mlla_official_key,
     "test_vssd": mlla_official_key,
     "test_msvmamba": msvmamba_official_key,
+    "test_efficient_vmamba": efficient_vmamba_official_key,
 }
 
 

@@ -16,20 +16,33 @@ CONFIGS = ROOT / "configs"
 MASK_RCNN = CONFIGS / "mmdet" / "mask-rcnn_vmamba-tiny-s1l8_fpn_1x_coco.py"
 RETINANET = CONFIGS / "mmdet" / "retinanet_vmamba-tiny-s1l8_fpn_1x_coco.py"
 UPERNET = CONFIGS / "mmseg" / "upernet_vmamba-tiny-s1l8_160k_ade20k-512x512.py"
+MASK_RCNN_PLAIN = CONFIGS / "mmdet" / "mask-rcnn_vim-tiny_fpn_1x_coco.py"  # single-stride backbone + pyramid neck
+UPERNET_PLAIN = CONFIGS / "mmseg" / "upernet_vim-tiny_160k_ade20k-512x512.py"
 
 TEST_CHANNELS = (24, 48, 96, 192)  # test_vmamba's feature_info channels
+TEST_VIM_WIDTH = 64  # test_vim's width (four blocks, all at stride 16)
 NECK = 32  # neck / head width in the shrunk models
 IMG = 128  # test image size
 
 
 def shrink_config(path: Path, num_classes: int = 1) -> Config:
-    """The shipped config at ``path`` with ``test_vmamba``, 32-channel necks and heads and few proposals."""
+    """The shipped config at ``path`` with ``test_vmamba`` (``test_vim`` where the config has a pyramid neck for a
+    plain backbone), 32-channel necks and heads and few proposals."""
     cfg = Config.fromfile(str(path))
     m = cfg.model
-    m.backbone.model_name = "test_vmamba"
     m.backbone.pop("drop_path_rate", None)
+    necks = m.neck if isinstance(m.get("neck"), list) else [m.get("neck")]
+    if necks[0] is not None and necks[0].type.endswith("Feature2Pyramid"):
+        m.backbone.update(model_name="test_vim", out_indices=(0, 1, 2, 3))
+        necks[0].update(embed_dim=TEST_VIM_WIDTH, norm_cfg=dict(type="BN", requires_grad=True))
+        channels = [TEST_VIM_WIDTH] * 4
+        neck = necks[-1]
+    else:
+        m.backbone.model_name = "test_vmamba"
+        channels = list(TEST_CHANNELS)
+        neck = m.get("neck")
     if m.type == "MaskRCNN":
-        m.neck.update(in_channels=list(TEST_CHANNELS), out_channels=NECK)
+        neck.update(in_channels=channels, out_channels=NECK)
         m.rpn_head.update(in_channels=NECK, feat_channels=NECK)
         m.roi_head.bbox_roi_extractor.out_channels = NECK
         m.roi_head.mask_roi_extractor.out_channels = NECK
@@ -43,9 +56,9 @@ def shrink_config(path: Path, num_classes: int = 1) -> Config:
         m.bbox_head.update(in_channels=NECK, feat_channels=NECK, stacked_convs=1, num_classes=num_classes)
     else:  # mmseg EncoderDecoder + UperNet
         m.data_preprocessor.size = (IMG, IMG)
-        m.decode_head.update(in_channels=list(TEST_CHANNELS), channels=NECK, num_classes=num_classes + 1)
+        m.decode_head.update(in_channels=channels, channels=NECK, num_classes=num_classes + 1)
         m.decode_head.norm_cfg = dict(type="BN", requires_grad=True)
-        m.auxiliary_head.update(in_channels=TEST_CHANNELS[2], channels=NECK, num_classes=num_classes + 1)
+        m.auxiliary_head.update(in_channels=channels[2], channels=NECK, num_classes=num_classes + 1)
         m.auxiliary_head.norm_cfg = dict(type="BN", requires_grad=True)
     return cfg
 

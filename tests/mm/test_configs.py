@@ -13,9 +13,15 @@ SHIPPED = sorted(p for p in CONFIGS.glob("mm*/*.py"))
 
 
 def _in_channels(model_cfg) -> list[int]:
+    """The channels the model expects from its backbone: the neck's (a list of necks: the first's), or the head's."""
+    neck = model_cfg.get("neck")
+    if isinstance(neck, list):
+        neck = neck[0]
+    if neck is not None and neck.type.endswith("Feature2Pyramid"):  # one width in, one map per rescale
+        return [neck.embed_dim] * len(neck.rescales)
     if model_cfg.type == "EncoderDecoder":
         return list(model_cfg.decode_head.in_channels)
-    return list(model_cfg.neck.in_channels)
+    return list(neck.in_channels)
 
 
 def test_configs_are_shipped():
@@ -30,7 +36,7 @@ def test_configs_are_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_builds_and_channels_match(path):
     cfg = Config.fromfile(str(path))
-    assert cfg.custom_imports.imports == ["vizoo.mm"]
+    assert "vizoo.mm" in cfg.custom_imports.imports
     backbone_cfg = cfg.model.backbone
     assert backbone_cfg.type == "VizooBackbone"
     with torch.device("meta"):
@@ -38,9 +44,12 @@ def test_config_builds_and_channels_match(path):
             backbone_cfg.model_name, features_only=True, out_indices=backbone_cfg.out_indices, feature_cls="getter"
         )
     assert _in_channels(cfg.model) == features.feature_info.channels()
+    if isinstance(cfg.model.get("neck"), list):  # a pyramid neck, then an FPN on its maps
+        pyramid, fpn = cfg.model.neck
+        assert fpn.in_channels == [pyramid.embed_dim] * len(pyramid.rescales)
     if cfg.model.type == "EncoderDecoder":
         aux = cfg.model.auxiliary_head
-        assert aux.in_channels == features.feature_info.channels()[aux.in_index]
+        assert aux.in_channels == cfg.model.decode_head.in_channels[aux.in_index]
         assert cfg.train_dataloader.dataset.data_root == "data/ade/ADEChallengeData2016"
     else:
         assert cfg.train_dataloader.dataset.data_root == "data/coco/"

@@ -7,8 +7,10 @@ import pytest
 import torch
 from mm_helpers import (
     MASK_RCNN,
+    MASK_RCNN_PLAIN,
     RETINANET,
     UPERNET,
+    UPERNET_PLAIN,
     det_dataset_cfg,
     runner_config,
     seg_dataset_cfg,
@@ -26,6 +28,11 @@ CASES = {
     "retinanet": (RETINANET, "mmdet"),
     "upernet": (UPERNET, "mmseg"),
 }
+# Plain (single-stride) backbones behind a learned feature pyramid: Vim's and LightNet's configs.
+PLAIN_CASES = {
+    "mask_rcnn_plain": (MASK_RCNN_PLAIN, "mmdet"),
+    "upernet_plain": (UPERNET_PLAIN, "mmseg"),
+}
 
 
 def _registries(scope: str):
@@ -37,22 +44,23 @@ def _registries(scope: str):
 
 
 def _dataset_cfg(name: str, root):
-    if name == "upernet":
+    if name.startswith("upernet"):
         return seg_dataset_cfg(write_seg_folder(root))
     write_coco(root)
-    return det_dataset_cfg(root, with_mask=name == "mask_rcnn")
+    return det_dataset_cfg(root, with_mask=name.startswith("mask_rcnn"))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(CASES) + list(PLAIN_CASES))
 def test_loss_backward_predict(name, tmp_path):
-    path, scope = CASES[name]
+    path, scope = {**CASES, **PLAIN_CASES}[name]
     init_default_scope(scope)
     datasets, models = _registries(scope)
     cfg = shrink_config(path)
     model = models.build(cfg.model)
     model.init_weights()
     backbone = model.backbone
-    assert type(backbone).__name__ == "VizooBackbone" and backbone.model_name == "test_vmamba"
+    expected = "test_vim" if name in PLAIN_CASES else "test_vmamba"
+    assert type(backbone).__name__ == "VizooBackbone" and backbone.model_name == expected
 
     dataset = datasets.build(_dataset_cfg(name, tmp_path))
     batch = pseudo_collate([dataset[0], dataset[1]])
@@ -78,7 +86,7 @@ def test_loss_backward_predict(name, tmp_path):
     if scope == "mmdet":
         pred = results[0].pred_instances
         assert pred.bboxes.shape[-1] == 4 and len(pred.scores) == len(pred.labels)
-        if name == "mask_rcnn":
+        if name.startswith("mask_rcnn"):
             assert pred.masks.shape[0] == len(pred.bboxes)
     else:
         seg = results[0].pred_sem_seg.data

@@ -26,8 +26,9 @@ from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.layers.fusion import fuse_bn_conv1x1, fuse_bn_linear, fuse_conv_bn
 
-__all__ = ["CASViT", "fuse_conv_bn"]
+__all__ = ["CASViT"]
 
 
 class SpatialGate(nn.Module):
@@ -204,58 +205,15 @@ class CASViT(StagedBackbone):
                 _fuse_sequential(block.local_perception.network)
                 for oper in (block.attn.oper_q, block.attn.oper_k):
                     _fuse_sequential(oper[0].block)
-                block.attn.qkv = _fuse_bn_conv1x1(block.norm1, block.attn.qkv)
+                block.attn.qkv = fuse_bn_conv1x1(block.norm1, block.attn.qkv)
                 block.norm1 = nn.Identity()
-                block.mlp.fc1 = _fuse_bn_conv1x1(block.norm2, block.mlp.fc1)
+                block.mlp.fc1 = fuse_bn_conv1x1(block.norm2, block.mlp.fc1)
                 block.norm2 = nn.Identity()
         fc = self.head.fc
         if isinstance(self.norm, nn.BatchNorm2d) and isinstance(fc, nn.Linear) and self.head.global_pool.pool_type:
-            scale, shift = _bn_scale_shift(self.norm)
-            fused = nn.Linear(fc.in_features, fc.out_features).to(fc.weight)
-            fused.weight.copy_(fc.weight * scale)
-            fused.bias.copy_(fc.bias + fc.weight @ shift)
-            self.head.fc = fused
+            self.head.fc = fuse_bn_linear(self.norm, fc)
             self.norm = nn.Identity()
         return self
-
-
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode BN as y = scale * x + shift, per channel."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
-
-
-@torch.no_grad()
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv with bias equal to ``bn(conv(x))`` in eval mode."""
-    scale, shift = _bn_scale_shift(bn)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-    ).to(conv.weight)
-    fused.weight.copy_(conv.weight * scale[:, None, None, None])
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    fused.bias.copy_(bias * scale + shift)
-    return fused
-
-
-@torch.no_grad()
-def _fuse_bn_conv1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
-    """A 1x1 conv with bias equal to ``conv(bn(x))`` in eval mode (exact: a 1x1 conv has no padding)."""
-    if conv.kernel_size != (1, 1) or conv.groups != 1:
-        raise ValueError("only a dense 1x1 conv can absorb the BatchNorm before it")
-    scale, shift = _bn_scale_shift(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=True).to(conv.weight)
-    fused.weight.copy_(conv.weight * scale[None, :, None, None])
-    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels).to(conv.weight)
-    fused.bias.copy_(bias + conv.weight.flatten(1) @ shift)
-    return fused
 
 
 def _fuse_sequential(seq: nn.Sequential) -> None:
@@ -321,27 +279,29 @@ default_cfgs = generate_default_cfgs(
 )
 
 
+# drop_path_rate 0.1 for every variant: the official classification/main.py default, which the README's training
+# command also passes.
 @register_model
 def cas_vit_xs(pretrained: bool = False, **kwargs) -> CASViT:
-    model_args = dict(dims=(48, 56, 112, 220), depths=(2, 2, 4, 2))
+    model_args = dict(dims=(48, 56, 112, 220), depths=(2, 2, 4, 2), drop_path_rate=0.1)
     return _create_cas_vit("cas_vit_xs", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cas_vit_s(pretrained: bool = False, **kwargs) -> CASViT:
-    model_args = dict(dims=(48, 64, 128, 256), depths=(3, 3, 6, 3))
+    model_args = dict(dims=(48, 64, 128, 256), depths=(3, 3, 6, 3), drop_path_rate=0.1)
     return _create_cas_vit("cas_vit_s", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cas_vit_m(pretrained: bool = False, **kwargs) -> CASViT:
-    model_args = dict(dims=(64, 96, 192, 384), depths=(3, 3, 6, 3))
+    model_args = dict(dims=(64, 96, 192, 384), depths=(3, 3, 6, 3), drop_path_rate=0.1)
     return _create_cas_vit("cas_vit_m", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def cas_vit_t(pretrained: bool = False, **kwargs) -> CASViT:
-    model_args = dict(dims=(96, 128, 256, 512), depths=(3, 3, 6, 3))
+    model_args = dict(dims=(96, 128, 256, 512), depths=(3, 3, 6, 3), drop_path_rate=0.1)
     return _create_cas_vit("cas_vit_t", pretrained, **dict(model_args, **kwargs))
 
 

@@ -140,8 +140,10 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def vssd_micro(pretrained: bool = False, **kwargs) -> VSSD:
+    # drop_path 0.2: the official model reads MODEL.VMAMBA2.DROP_PATH_RATE (default 0.2); the 0.1 in the micro yaml is
+    # MODEL.DROP_PATH_RATE, which the official builder never passes to the model.
     model_args = dict(
-        dims=(48, 96, 192, 384), depths=(2, 2, 8, 4), num_heads=(2, 4, 8, 16), d_state=48, drop_path_rate=0.1
+        dims=(48, 96, 192, 384), depths=(2, 2, 8, 4), num_heads=(2, 4, 8, 16), d_state=48, drop_path_rate=0.2
     )
     return _create_vssd("vssd_micro", pretrained, **dict(model_args, **kwargs))
 

@@ -84,37 +84,54 @@ class BiMamba(nn.Module):
         self.D.fill_(1.0)
         self.D_b.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, _ = x.shape
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, length: int | None = None
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); see ``scan`` for ``positions`` and ``length``."""
+        return self.out_proj(self.scan(x, positions, length))
+
+    def scan(self, x: torch.Tensor, positions: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, d_inner): the merged (and averaged) two-direction SSM output, before ``out_proj``.
+
+        With ``positions`` (B, T) long, the T tokens sit at those indices of a sequence of ``length`` steps and every
+        other step is an empty (zero) token: the convs and scans run over all ``length`` steps, so kept tokens keep
+        their distances in the scan (token pruning with hidden-state alignment), while the projections, the costly
+        part, only see the T tokens.
+        """
+        xz = self.in_proj(x)
+        if positions is not None:
+            index = positions[..., None].expand(-1, -1, xz.shape[-1])
+            xz = xz.new_zeros(xz.shape[0], length, xz.shape[-1]).scatter(1, index, xz)
+        b, steps, _ = xz.shape
         d = self.d_inner
-        xz = bidirectional_scan(self.in_proj(x), in_channel_first=False)  # (b, 2, 2d, l): forward, backward
+        xz = bidirectional_scan(xz, in_channel_first=False)  # (b, 2, 2d, l): forward, backward
         xs, z = xz.unflatten(2, (2, d)).unbind(2)  # each (b, 2, d, l)
         # Both directions' causal convs as one grouped conv over 2d channels.
         conv_w = torch.cat([self.conv1d.weight, self.conv1d_b.weight])
         conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias])
         xs = F.silu(
-            F.conv1d(xs.reshape(b, 2 * d, length), conv_w, conv_b, padding=self.d_conv - 1, groups=2 * d)[..., :length]
+            F.conv1d(xs.reshape(b, 2 * d, steps), conv_w, conv_b, padding=self.d_conv - 1, groups=2 * d)[..., :steps]
         )
         x_proj = torch.stack([self.x_proj.weight, self.x_proj_b.weight])  # (2, r + 2n, d)
-        x_dbl = torch.matmul(x_proj, xs.view(b, 2, d, length))  # (b, 2, r + 2n, l)
+        x_dbl = torch.matmul(x_proj, xs.view(b, 2, d, steps))  # (b, 2, r + 2n, l)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]), dts)  # (b, 2, d, l)
         y = selective_scan(
             xs,
-            dts.reshape(b, 2 * d, length),
+            dts.reshape(b, 2 * d, steps),
             -torch.exp(torch.cat([self.A_log, self.A_b_log]).float()),
             Bs,
             Cs,
             torch.cat([self.D, self.D_b]).float(),
-            z=z.reshape(b, 2 * d, length),
+            z=z.reshape(b, 2 * d, steps),
             delta_bias=torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float(),
             delta_softplus=True,
             backend=self.scan_backend,
         )  # (b, 2d, l)
-        y = bidirectional_merge(y.view(b, 2, d, length), out_channel_first=False)  # (b, l, d)
-        if self.divide_out:
-            y = y / 2
-        return self.out_proj(y)
+        y = bidirectional_merge(y.view(b, 2, d, steps), out_channel_first=False)  # (b, l, d)
+        if positions is not None:
+            y = y.gather(1, positions[..., None].expand(-1, -1, d))
+        return y / 2 if self.divide_out else y
 
 
 class MambaBlock(nn.Module):
@@ -130,5 +147,8 @@ class MambaBlock(nn.Module):
         self.mixer = BiMamba(dim, **mixer_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mixer(self.norm(x)))
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, length: int | None = None
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); ``positions``/``length`` place the tokens in a longer sequence (``BiMamba.scan``)."""
+        return x + self.drop_path(self.mixer(self.norm(x), positions, length))

@@ -1,9 +1,14 @@
 """SS2D: VMamba's 2D selective-scan mixer (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024).
 
-The map is read along four routes, each route runs a selective scan with its own input-dependent step sizes and B/C
-projections, and the four outputs are summed back onto the map: ``cross_selective_scan`` does the three steps in one
-call (one fused kernel on the GPU, so the four route copies of the map are never stored). The small per-route
-projections are computed on the map and put in route order (``route_order``).
+The map is read along K routes, each route runs a selective scan with its own input-dependent step sizes and B/C
+projections, and the K outputs are put back onto the map and summed. Two route sets:
+
+- ``"cross"`` (VMamba): rows, columns and both reversed, each of length H·W. ``cross_selective_scan`` does the three
+  steps in one call (one fused kernel on the GPU, so the four route copies of the map are never stored); the small
+  per-route projections are computed on the map and put in route order (``route_order``).
+- ``"atrous"`` (EfficientVMamba's ES2D, Pei et al., arXiv 2403.09977): the four phases of the stride-2 lattice, each of
+  length H·W/4 (``atrous_scan``), scanned as one grouped selective scan and scattered back (``atrous_merge``), so the
+  scan costs a quarter of the cross scan's.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import math
 import torch
 import torch.nn as nn
 
-from vizoo.kernels import cross_selective_scan, route_order
+from vizoo.kernels import cross_selective_scan, route_order, selective_scan
+from vizoo.kernels.cross_scan import atrous_merge, atrous_scan
 
-NUM_ROUTES = 4
+NUM_ROUTES = {"cross": 4, "atrous": 4}  # route set -> K
 
 
 class SS2D(nn.Module):
@@ -29,6 +35,7 @@ class SS2D(nn.Module):
         gate: multiply the output by ``act(z)`` from a second half of ``in_proj`` (v0); v2 ("_noz") has no gate.
         conv_kernel, conv_bias: depthwise conv applied before the scan.
         act_layer: activation after the conv (and on the gate).
+        routes: "cross" (VMamba's four full-resolution routes) or "atrous" (EfficientVMamba's four stride-2 phases).
         dt_min, dt_max, dt_init_floor: range of the initial step sizes, as in Mamba.
         scan_backend: backend for the scan kernels (None picks per device; see ``vizoo.kernels.backend``).
     """
@@ -46,14 +53,19 @@ class SS2D(nn.Module):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
+        routes: str = "cross",
         scan_backend: str | None = None,
     ):
         super().__init__()
+        if routes not in NUM_ROUTES:
+            raise ValueError(f"unknown SS2D routes {routes!r}; use one of {sorted(NUM_ROUTES)}")
+        k = NUM_ROUTES[routes]
         d_inner = int(ssm_ratio * dim)
         self.d_inner = d_inner
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         self.gate = gate
+        self.routes = routes
         self.scan_backend = scan_backend
 
         self.in_proj = nn.Linear(dim, d_inner * (2 if gate else 1), bias=False)
@@ -62,11 +74,11 @@ class SS2D(nn.Module):
             d_inner, d_inner, conv_kernel, padding=(conv_kernel - 1) // 2, groups=d_inner, bias=conv_bias
         )
         # Per-route projections, stored stacked as in the official checkpoints.
-        self.x_proj_weight = nn.Parameter(torch.empty(NUM_ROUTES, self.dt_rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(NUM_ROUTES, d_inner, self.dt_rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(NUM_ROUTES, d_inner))
-        self.A_logs = nn.Parameter(torch.empty(NUM_ROUTES * d_inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(NUM_ROUTES * d_inner))
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
         self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
@@ -92,14 +104,22 @@ class SS2D(nn.Module):
             x, z = x.chunk(2, dim=-1)
             z = self.act(z)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (b, d, h, w)
+        y = self._cross_scan(x) if self.routes == "cross" else self._atrous_scan(x)  # (b, l, d)
+        y = self.out_norm(y.reshape(b, h, w, self.d_inner))
+        if self.gate:
+            y = y * z
+        return self.out_proj(y)
 
+    def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, d, h, w) -> (b, h·w, d): the four cross routes, fused."""
+        h, w = x.shape[-2:]
         # Per-route projections as batched matmuls (ONNX MatMul; mobile runtimes have no Einsum), on the map, then each
         # route's few channels put in its route order; the d-channel map itself is read along the routes by the scan.
         x_dbl = torch.matmul(self.x_proj_weight, x.flatten(2).unsqueeze(1))  # (4, c, d) @ (b, 1, d, l) -> (b, 4, c, l)
         x_dbl = route_order(x_dbl.unflatten(-1, (h, w)), backend=self.scan_backend)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
-        y = cross_selective_scan(
+        return cross_selective_scan(
             x,
             dts,
             -torch.exp(self.A_logs.float()),
@@ -110,8 +130,27 @@ class SS2D(nn.Module):
             delta_softplus=True,
             out_channel_first=False,
             backend=self.scan_backend,
-        )  # (b, l, d)
-        y = self.out_norm(y.view(b, h, w, self.d_inner))
-        if self.gate:
-            y = y * z
-        return self.out_proj(y)
+        )
+
+    def _atrous_scan(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, d, h, w) -> (b, h·w, d): the four stride-2 phases, one grouped selective scan of length h·w/4."""
+        h, w = x.shape[-2:]
+        xs = atrous_scan(x, backend=self.scan_backend)  # (b, 4, d, l/4)
+        dts, Bs, Cs = torch.split(
+            torch.matmul(self.x_proj_weight, xs), [self.dt_rank, self.d_state, self.d_state], dim=2
+        )  # (4, c, d) @ (b, 4, d, l) -> (b, 4, c, l)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # (b, 4, d, l)
+        ys = selective_scan(
+            xs.flatten(1, 2),
+            dts.flatten(1, 2),
+            -torch.exp(self.A_logs.float()),
+            Bs,
+            Cs,
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.flatten().float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )  # (b, 4·d, l/4)
+        return atrous_merge(
+            ys.unflatten(1, (4, self.d_inner)), h, w, out_channel_first=False, backend=self.scan_backend
+        )

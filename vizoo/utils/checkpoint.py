@@ -13,7 +13,8 @@ import torch
 _logger = logging.getLogger(__name__)
 
 # Keys under which training scripts nest the weights, in order of preference (EMA first, as timm does).
-STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+# Where training checkpoints keep the weights, EMA first: timm/VMamba-style, then MobileMamba's trainer (net_E = EMA).
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "net_E", "state_dict", "model", "net")
 
 
 class CheckpointError(ValueError):

@@ -15,6 +15,8 @@ optim_wrapper = dict(
             "dt_projs_bias": no_decay,
             "dt_bias": no_decay,
             ".gamma_": no_decay,
+            "pos_embed": no_decay,
+            "cls_token": no_decay,
         },
     ),
 )

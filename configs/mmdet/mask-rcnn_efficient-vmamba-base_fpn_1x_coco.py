@@ -1,0 +1,2 @@
+_base_ = "./_base_/mask-rcnn_vizoo_fpn_1x_coco.py"
+model = dict(backbone=dict(model_name="efficient_vmamba_base"), neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,6 @@
+_base_ = "./_base_/upernet_vizoo_160k_ade20k-512x512.py"
+model = dict(
+    backbone=dict(model_name="efficient_vmamba_base"),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384),
+)
