@@ -1,12 +1,23 @@
 """MSVMamba: Multi-Scale VMamba, Hierarchy in Hierarchy Visual State Space Model.
 
 Shi et al., NeurIPS 2024. https://arxiv.org/abs/2405.14174
-Official code: https://github.com/YuHengsss/MSVMamba (v1 models on ``master``; weights load through
-``checkpoint_filter_fn``).
+Official code: https://github.com/YuHengsss/MSVMamba (v1 models on ``master``, the v3 models on branch ``v2``; weights
+of both load through ``checkpoint_filter_fn``).
 
 Every block scans one route at full resolution and three routes on a stride-2 map, concatenated into one sequence
-(``vizoo.kernels.multiscale_scan``), adds squeeze-excitation to the mixer and a ConvFFN after it. v1 keeps VMamba v0's
-4x4 patch stem and patch merging.
+(``vizoo.kernels.multiscale_scan``), adds squeeze-excitation to the mixer and a ConvFFN after it. Two generations
+share one model class, one block and one mixer (``vizoo.layers.msvmamba``):
+
+- v1 (``msvmamba_{nano,micro,tiny}``): VMamba v0's 4x4 patch stem and patch merging, ssm_ratio 2, SiLU gate,
+  per-token out_norm before the routes are merged, bilinear upsampling, pre-norm ConvFFN x2.
+- v3 (``msvmamba_v3_{tiny,small,base}``, config names ``msvmambav3_*_224``): VMamba v2's conv stem and conv3x3
+  downsampling, ssm_ratio 1, no gate (``vms_noz``) except in Base (``vms``), one out_norm after the two resolutions
+  are summed, nearest upsampling, ConvFFN x4 normalised at its output. No MLP besides the ConvFFN in either. The
+  official v3 model runs channel-first (``ln2d``); its parameters have the same shapes as vizoo's channel-last ones.
+
+Counted by ``vizoo.utils.complexity`` at 224² against the paper (fvcore "FLOPs", i.e. MACs): v1 Nano/Micro/Tiny
+6.86/11.88/33.05 M parameters and 0.86/1.50/4.56 GMACs (paper 7/12/33 M, 0.9/1.5/4.6 G); v3 Tiny/Small/Base
+32.26/50.22/90.59 M and 5.10/8.72/16.21 GMACs (paper 32/50/91 M, 5.0/8.8/16.3 G), all within 5%.
 
 Channel-last (NHWC) inside; stages downsample first, so every stage output is a feature map at its stride. H and W
 must be divisible by 32.
@@ -24,18 +35,26 @@ from timm.models.swin_transformer import PatchMerging
 
 from vizoo.backbones._base import StagedBackbone, run_blocks
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
-from vizoo.layers import PatchStem
+from vizoo.layers import ConvDownsample, ConvStem, PatchStem
 from vizoo.layers.msvmamba import MSVSSBlock
 
 __all__ = ["MSVMamba"]
 
 
 class MSVMambaStage(nn.Module):
-    """Optional patch merging, then ``depth`` multi-scale VSS blocks. (B, H, W, C) in and out."""
+    """Optional downsample ("merge": patch merging, v1; "conv": conv3x3 s2, v3), then multi-scale VSS blocks, one
+    per entry of ``drop_path``. (B, H, W, C) in and out."""
 
-    def __init__(self, in_dim: int, dim: int, downsample: bool, drop_path: list[float], **block_kwargs):
+    def __init__(self, in_dim: int, dim: int, downsample: str | None, drop_path: list[float], **block_kwargs):
         super().__init__()
-        self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
+        if downsample is None:
+            self.downsample = nn.Identity()
+        elif downsample == "merge":
+            self.downsample = PatchMerging(in_dim, dim)
+        elif downsample == "conv":
+            self.downsample = ConvDownsample(in_dim, dim)
+        else:
+            raise ValueError(f"unknown downsample {downsample!r}; use 'merge' (v1) or 'conv' (v3)")
         self.blocks = nn.Sequential(*[MSVSSBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
         self.grad_checkpointing = False
 
@@ -44,14 +63,20 @@ class MSVMambaStage(nn.Module):
 
 
 class MSVMamba(StagedBackbone):
-    """MSVMamba (v1) backbone and classifier.
+    """MSVMamba backbone and classifier (v1 and v3; the defaults are v1's).
 
     Args:
         in_chans, num_classes, global_pool: as in timm.
         dims: channels of the four stages.
         depths: blocks per stage.
-        d_state, ssm_ratio: SSM state size and inner width ratio (1 and 2 in the paper).
-        ffn_expansion: ConvFFN width ratio (2).
+        stem: "patch" (v1: 4x4 patchify) or "conv" (v3: two conv3x3 s2).
+        downsample: "merge" (v1: 2x2 patch merging) or "conv" (v3: conv3x3 s2).
+        d_state, ssm_ratio: SSM state size and inner width ratio (v1: 1 and 2; v3: 1 and 1).
+        gate: SiLU(z) gate in the mixer (v1 and v3-Base; off for v3 ``vms_noz``).
+        upsample, norm_after_merge, full_res_group: how the mixer combines its two resolutions (see
+            ``vizoo.layers.msvmamba.MultiScaleSS2D``; v1: "bilinear", False, 1; v3: "nearest", True, 0).
+        ffn_expansion: ConvFFN width ratio (v1: 2; v3: 4).
+        ffn_post_norm: normalise the ConvFFN's output instead of its input (v3).
         se_reduction: SE reduction inside the mixer (8; 0 for none).
         scan_backend: selective-scan backend (None picks per device).
         drop_rate, drop_path_rate: classifier dropout and maximum stochastic depth (linear over blocks).
@@ -66,9 +91,16 @@ class MSVMamba(StagedBackbone):
         global_pool: str = "avg",
         dims: tuple[int, ...] = (96, 192, 384, 768),
         depths: tuple[int, ...] = (1, 2, 9, 2),
+        stem: str = "patch",
+        downsample: str = "merge",
         d_state: int = 1,
         ssm_ratio: float = 2.0,
+        gate: bool = True,
+        upsample: str = "bilinear",
+        norm_after_merge: bool = False,
+        full_res_group: int = 1,
         ffn_expansion: int = 2,
+        ffn_post_norm: bool = False,
         se_reduction: int = 8,
         scan_backend: str | None = None,
         drop_rate: float = 0.0,
@@ -79,7 +111,12 @@ class MSVMamba(StagedBackbone):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
-        self.stem = PatchStem(in_chans, dims[0])
+        if stem == "patch":
+            self.stem = PatchStem(in_chans, dims[0])
+        elif stem == "conv":
+            self.stem = ConvStem(in_chans, dims[0])
+        else:
+            raise ValueError(f"unknown stem {stem!r}; use 'patch' (v1) or 'conv' (v3)")
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.Sequential()
         self.feature_info = []
@@ -88,11 +125,16 @@ class MSVMamba(StagedBackbone):
                 MSVMambaStage(
                     dims[i - 1] if i else dim,
                     dim,
-                    i > 0,
+                    downsample if i else None,
                     dpr[sum(depths[:i]) : sum(depths[: i + 1])],
                     ffn_expansion=ffn_expansion,
+                    ffn_post_norm=ffn_post_norm,
                     d_state=d_state,
                     ssm_ratio=ssm_ratio,
+                    gate=gate,
+                    upsample=upsample,
+                    norm_after_merge=norm_after_merge,
+                    full_res_group=full_res_group,
                     se_reduction=se_reduction,
                     scan_backend=scan_backend,
                 )
@@ -105,21 +147,34 @@ class MSVMamba(StagedBackbone):
         self.apply(init_trunc_normal)
 
 
-_STEM_NAMES = {"0": "conv", "2": "norm"}  # official Sequential(Conv2d, Permute, LayerNorm)
+# Official ``patch_embed`` Sequential indices -> vizoo stem names. v1: Sequential(Conv2d, Permute, LayerNorm); v3
+# (``PATCHEMBED: v2``): Sequential(Conv2d, Identity, LayerNorm2d, Identity, GELU, Conv2d, Identity, LayerNorm2d).
+_STEM_NAMES = {
+    PatchStem: {"0": "conv", "2": "norm"},
+    ConvStem: {"0": "conv1", "2": "norm1", "5": "conv2", "7": "norm2"},
+}
+# v3 downsample (``DOWNSAMPLE: v3``) is Sequential(Identity, Conv2d, Identity, LayerNorm2d); v1's patch merging
+# already has vizoo's names (``reduction``, ``norm``).
+_CONV_DOWNSAMPLE_NAMES = {"1": "conv", "3": "norm"}
 
 
-def _rename_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _rename_official(state_dict: dict[str, torch.Tensor], model: MSVMamba) -> dict[str, torch.Tensor]:
+    stem_names = _STEM_NAMES[type(model.stem)]
+    conv_downsample = any(isinstance(stage.downsample, ConvDownsample) for stage in model.stages)
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("backbone.")
         key = re.sub(r"^patch_embed\.proj\.", "patch_embed.0.", key)  # older releases
         key = re.sub(r"^patch_embed\.norm\.", "patch_embed.2.", key)
         if m := re.match(r"^patch_embed\.(\d+)\.(.*)$", key):
-            key = f"stem.{_STEM_NAMES.get(m[1], m[1])}.{m[2]}"
+            key = f"stem.{stem_names.get(m[1], m[1])}.{m[2]}"
         elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
             key = f"stages.{m[1]}.blocks.{m[2]}"
         elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
-            key = f"stages.{int(m[1]) + 1}.downsample.{m[2]}"
+            rest = m[2]
+            if conv_downsample and (d := re.match(r"^(\d+)\.(.*)$", rest)):
+                rest = f"{_CONV_DOWNSAMPLE_NAMES.get(d[1], d[1])}.{d[2]}"
+            key = f"stages.{int(m[1]) + 1}.downsample.{rest}"
         elif key.startswith("classifier.norm."):
             key = "norm." + key.removeprefix("classifier.norm.")
         elif key.startswith("classifier.head."):
@@ -129,15 +184,24 @@ def _rename_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MSVMamba) -> dict[str, torch.Tensor]:
-    """Map an official MSVMamba v1 checkpoint (``classification/models/vmamba.py`` on ``master``) to vizoo's keys.
+    """Map an official MSVMamba checkpoint (``classification/models/vmamba.py``: v1 on ``master``, v3 on branch
+    ``v2``) to vizoo's keys.
 
     The official model downsamples at the end of stages 0-2 (``layers.i.downsample``); vizoo at the start of stages
-    1-3. Accepts the raw state dict or one wrapped in ``{"model": ...}``. Raises ``CheckpointError`` listing missing
-    and unexpected keys if the result does not fit ``model``.
+    1-3. v3's conv stem and conv downsampling are Sequentials renamed to vizoo's module names; its channel-first
+    ``Linear2d`` weights are (out, in) like vizoo's, and are flattened should a file store them as (out, in, 1, 1).
+    The two parameter groups of each mixer keep their official order (see ``full_res_group``). Accepts the raw state
+    dict or one wrapped in ``{"model": ...}``. Raises ``CheckpointError`` listing missing and unexpected keys if the
+    result does not fit ``model``.
     """
     state_dict = state_dict.get("model", state_dict)
     if not any(k.startswith("stages.") for k in state_dict):
-        state_dict = _rename_official(state_dict)
+        state_dict = _rename_official(state_dict, model)
+    target = model.state_dict()
+    state_dict = {
+        k: v.flatten(1) if k in target and target[k].dim() == 2 and v.dim() == 4 and v.shape[2:] == (1, 1) else v
+        for k, v in state_dict.items()
+    }
     return check_converted(state_dict, model)
 
 
@@ -145,21 +209,41 @@ def _create_msvmamba(variant: str, pretrained: bool = False, **kwargs) -> MSVMam
     return build_vizoo_model(MSVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(first_conv: str = "stem.conv", **kwargs) -> dict:
     return imagenet_cfg(
-        "stem.conv", "arXiv:2405.14174", "https://github.com/YuHengsss/MSVMamba", license="mit", **kwargs
+        first_conv, "arXiv:2405.14174", "https://github.com/YuHengsss/MSVMamba", license="mit", **kwargs
     )
 
 
-# Official weights are release assets of YuHengsss/MSVMamba; vizoo never downloads them itself, load a downloaded
-# file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# Official weights: v1 are release assets of YuHengsss/MSVMamba, v3 are files of the Hugging Face repo
+# YuhengSSS/MSVMamba (``msvmambav3_{tiny,small,base}_224.pth``). vizoo never downloads them itself; load a downloaded
+# file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``. The official evaluation resizes to 256 and
+# center-crops 224 (crop_pct 0.875), bicubic, for both generations.
 default_cfgs = generate_default_cfgs(
     {
         "msvmamba_nano.in1k": _cfg(),
         "msvmamba_micro.in1k": _cfg(),
         "msvmamba_tiny.in1k": _cfg(),
+        "msvmamba_v3_tiny.in1k": _cfg(first_conv="stem.conv1"),
+        "msvmamba_v3_small.in1k": _cfg(first_conv="stem.conv1"),
+        "msvmamba_v3_base.in1k": _cfg(first_conv="stem.conv1"),
         "test_msvmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
+)
+
+# v3 settings from the official configs ``classification/configs/msv2/msvmambav3_*_224.yaml`` on branch ``v2``
+# (ssm_ratio 1, d_state 1, PATCHEMBED v2, DOWNSAMPLE v3, CONV_FFN_RATIO 4, ADD_SE; ``vms_noz`` except Base's ``vms``).
+_V3 = dict(
+    stem="conv",
+    downsample="conv",
+    d_state=1,
+    ssm_ratio=1.0,
+    gate=False,
+    upsample="nearest",
+    norm_after_merge=True,
+    full_res_group=0,
+    ffn_expansion=4,
+    ffn_post_norm=True,
 )
 
 
@@ -182,7 +266,25 @@ def msvmamba_tiny(pretrained: bool = False, **kwargs) -> MSVMamba:
 
 
 @register_model
+def msvmamba_v3_tiny(pretrained: bool = False, **kwargs) -> MSVMamba:
+    model_args = dict(_V3, dims=(96, 192, 384, 768), depths=(2, 2, 9, 2), drop_path_rate=0.2)
+    return _create_msvmamba("msvmamba_v3_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def msvmamba_v3_small(pretrained: bool = False, **kwargs) -> MSVMamba:
+    model_args = dict(_V3, dims=(96, 192, 384, 768), depths=(2, 3, 20, 2), drop_path_rate=0.4)
+    return _create_msvmamba("msvmamba_v3_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def msvmamba_v3_base(pretrained: bool = False, **kwargs) -> MSVMamba:
+    model_args = dict(_V3, dims=(128, 256, 512, 1024), depths=(2, 4, 18, 2), gate=True, drop_path_rate=0.5)
+    return _create_msvmamba("msvmamba_v3_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
 def test_msvmamba(pretrained: bool = False, **kwargs) -> MSVMamba:
-    """A tiny MSVMamba for tests."""
+    """A tiny MSVMamba (v1) for tests."""
     model_args = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), d_state=1, ssm_ratio=1.0)
     return _create_msvmamba("test_msvmamba", pretrained, **dict(model_args, **kwargs))

@@ -55,7 +55,7 @@ class ConvStem(nn.Module):
     def __init__(self, in_chans: int, dim: int):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1)
-        self.norm1 = LayerNorm2d(dim // 2)
+        self.norm1 = LayerNorm2d(dim // 2, eps=1e-5)  # the official LayerNorm2d keeps nn.LayerNorm's eps (timm: 1e-6)
         self.act = nn.GELU()
         self.conv2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1)
         self.norm2 = nn.LayerNorm(dim)

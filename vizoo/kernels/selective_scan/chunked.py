@@ -44,8 +44,9 @@ def _to_chunk_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def _shift_in_zeros(x: torch.Tensor, count: int, at_end: bool) -> torch.Tensor:
-    """x with ``count`` zeros appended (or prepended) on the last dim; a Concat, not a Pad, in ONNX (CoreML lacks Pad).
+    """x with ``count`` zeros appended (or prepended) on the last dim.
 
+    Written as a Concat, not a Pad, in ONNX: CoreML lacks Pad.
     """
     zeros = x.new_zeros((*x.shape[:-1], count))
     return torch.cat([x, zeros] if at_end else [zeros, x], dim=-1)
