@@ -9,12 +9,15 @@ per stage and sets the class attributes below. It then gets ``forward_features``
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-__all__ = ["StagedBackbone", "check_image_input", "run_blocks"]
+__all__ = ["StagedBackbone", "check_image_input", "run_blocks", "stage_drop_path_rates"]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) -> None:
@@ -42,6 +45,15 @@ def check_image_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) 
             f"or pad it to {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}"
         ),
     )
+
+
+def stage_drop_path_rates(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]:
+    """Stochastic depth rising linearly from 0 to ``drop_path_rate`` over all blocks (block b of B gets
+    ``drop_path_rate · b / (B - 1)``, as ``torch.linspace``), split into one list per stage."""
+    total = sum(depths)
+    rates = [drop_path_rate * b / max(total - 1, 1) for b in range(total)]
+    ends = list(itertools.accumulate(depths))
+    return [rates[end - depth : end] for depth, end in zip(depths, ends)]
 
 
 def run_blocks(blocks: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:

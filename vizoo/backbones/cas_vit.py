@@ -24,7 +24,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.fusion import fuse_bn_conv1x1, fuse_bn_linear, fuse_conv_bn
 
@@ -173,13 +173,10 @@ class CASViT(StagedBackbone):
             nn.BatchNorm2d(dims[0]),
             nn.ReLU(),
         )
-        # The official rule: block b of all B blocks gets drop_path_rate * b / (B - 1).
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         stages, self.feature_info = [], []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
-            start = sum(depths[:i])
-            stages.append(CASViTStage(dims[max(i - 1, 0)], dim, depth, i > 0, dpr[start : start + depth], mlp_ratio))
+            stages.append(CASViTStage(dims[max(i - 1, 0)], dim, depth, i > 0, stage_dpr[i], mlp_ratio))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(dims[-1])

@@ -28,7 +28,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from timm.models.swin_transformer import PatchMerging
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.efficient_vmamba import EfficientVSSBlock
 from vizoo.layers.vmamba_blocks import PatchStem
@@ -115,7 +115,7 @@ class EfficientVMamba(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = PatchStem(in_chans, dims[0])
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         ssm_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, gate=True, conv_bias=True, scan_backend=scan_backend)
         self.stages = nn.Sequential()
         self.feature_info = []
@@ -127,7 +127,7 @@ class EfficientVMamba(StagedBackbone):
                     depth,
                     downsample=i > 0,
                     block=block,
-                    drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    drop_path=stage_dpr[i],
                     **ssm_kwargs,
                 )
             )

@@ -27,7 +27,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MagnitudeAwareLinearAttention, SoftmaxAttentionRoPE
 
@@ -162,11 +162,9 @@ class MALA(StagedBackbone):
             nn.Conv2d(half, dims[0], 3, 2, 1),
             nn.BatchNorm2d(dims[0]),
         )
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # torch.linspace, meta-safe
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         stages, self.feature_info = [], []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
-            start = sum(depths[:i])
             stages.append(
                 MALAStage(
                     dims[max(i - 1, 0)],
@@ -175,7 +173,7 @@ class MALA(StagedBackbone):
                     num_heads[i],
                     attn_layout[i].upper(),
                     i > 0,
-                    dpr[start : start + depth],
+                    stage_dpr[i],
                     mlp_ratio,
                     layer_scale_init[i],
                 )

@@ -23,7 +23,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MLLALinearAttention
 
@@ -154,11 +154,9 @@ class MLLA(StagedBackbone):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = MLLAStem(in_chans, embed_dim)
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # torch.linspace, meta-safe
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         stages, self.feature_info = [], []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
-            start = sum(depths[:i])
             stages.append(
                 MLLAStage(
                     dims[max(i - 1, 0)],
@@ -166,7 +164,7 @@ class MLLA(StagedBackbone):
                     depth,
                     num_heads[i],
                     i > 0,
-                    dpr[start : start + depth],
+                    stage_dpr[i],
                     mlp_ratio,
                     qkv_bias,
                 )

@@ -36,7 +36,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientvit_msra import PatchEmbedding
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.fusion import batchnorm_scale_shift, fuse_bn_linear, fuse_conv_norms
 from vizoo.layers.mobilemamba import BatchNormClassifierHead, MobileMambaBlock, subsample
@@ -105,7 +105,7 @@ class MobileMamba(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.input_multiple = input_multiple
         self.stem = PatchEmbedding(in_chans, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         self.stages = nn.Sequential()
         self.feature_info = []
         for i, (dim, gr, lr, k) in enumerate(zip(dims, global_ratios, local_ratios, kernel_sizes)):
@@ -114,7 +114,7 @@ class MobileMamba(StagedBackbone):
                     dims[i - 1] if i else dim,
                     dim,
                     i > 0,
-                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    stage_dpr[i],
                     global_ratio=gr,
                     local_ratio=lr,
                     kernel_size=k,

@@ -33,7 +33,7 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers import ConvDownsample, ConvStem, PatchStem
 from vizoo.layers.msvmamba import MSVSSBlock
@@ -117,7 +117,7 @@ class MSVMamba(StagedBackbone):
             self.stem = ConvStem(in_chans, dims[0])
         else:
             raise ValueError(f"unknown stem {stem!r}; use 'patch' (v1) or 'conv' (v3)")
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         self.stages = nn.Sequential()
         self.feature_info = []
         for i, dim in enumerate(dims):
@@ -126,7 +126,7 @@ class MSVMamba(StagedBackbone):
                     dims[i - 1] if i else dim,
                     dim,
                     downsample if i else None,
-                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    stage_dpr[i],
                     ffn_expansion=ffn_expansion,
                     ffn_post_norm=ffn_post_norm,
                     d_state=d_state,

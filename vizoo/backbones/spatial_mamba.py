@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem, SpatialMambaBlock
 
@@ -75,7 +75,7 @@ class SpatialMamba(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
         self.stem = MllaStem(in_chans, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         self.stages = nn.Sequential()
         self.feature_info = []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
@@ -85,7 +85,7 @@ class SpatialMamba(StagedBackbone):
                     dim,
                     depth,
                     i > 0,
-                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    stage_dpr[i],
                     mlp_ratio=mlp_ratio,
                     d_state=d_state,
                     expand=expand,

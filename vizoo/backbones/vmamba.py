@@ -24,7 +24,7 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers import ConvDownsample, ConvStem, PatchStem, VSSBlock
 
@@ -112,7 +112,7 @@ class VMamba(StagedBackbone):
         else:
             raise ValueError(f"unknown stem {stem!r}; use 'conv' (v2) or 'patch' (v0)")
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         self.stages = nn.Sequential()
         self.feature_info = []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
@@ -122,7 +122,7 @@ class VMamba(StagedBackbone):
                     dim,
                     depth,
                     downsample if i else None,
-                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    stage_dpr[i],
                     mlp_ratio,
                     d_state=d_state,
                     ssm_ratio=ssm_ratio,

@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.backbones.spatial_mamba import rename_mlla_layout
 from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem
@@ -78,7 +78,7 @@ class VSSD(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
         self.stem = MllaStem(in_chans, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
         self.stages = nn.Sequential()
         self.feature_info = []
         for i, dim in enumerate(dims):
@@ -88,7 +88,7 @@ class VSSD(StagedBackbone):
                     dims[i - 1] if i else dim,
                     dim,
                     i > 0,
-                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    stage_dpr[i],
                     num_heads=num_heads[i],
                     attn_type=attn_types[i],
                     mlp_ratio=mlp_ratio,

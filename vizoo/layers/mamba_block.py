@@ -18,6 +18,7 @@ from timm.layers import DropPath
 
 from vizoo.kernels import selective_scan
 from vizoo.kernels.cross_scan import bidirectional_merge, bidirectional_scan
+from vizoo.layers.ssm_init import init_dt_bias_, init_s4d_real_
 
 
 class BiMamba(nn.Module):
@@ -71,16 +72,13 @@ class BiMamba(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
         """Mamba's initialisation: S4D-real A, D = 1, step-size biases so that softplus(bias) is in [dt_min, dt_max]."""
-        a = torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32))
         std = self.dt_rank**-0.5
         for suffix in ("", "_b"):
             dt_proj = getattr(self, f"dt_proj{suffix}")
             nn.init.uniform_(dt_proj.weight, -std, std)
-            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        self.A_log.copy_(a.expand_as(self.A_log))
-        self.A_b_log.copy_(a.expand_as(self.A_b_log))
+            init_dt_bias_(dt_proj.bias, dt_min, dt_max, dt_init_floor)
+        init_s4d_real_(self.A_log)
+        init_s4d_real_(self.A_b_log)
         self.D.fill_(1.0)
         self.D_b.fill_(1.0)
 

@@ -25,6 +25,7 @@ from timm.layers import DropPath
 
 from vizoo.kernels.cross_scan import multiscale_merge, multiscale_scan
 from vizoo.kernels.selective_scan import selective_scan
+from vizoo.layers.ssm_init import reset_routed_ssm_
 
 NUM_GROUPS = 2  # parameter groups: one for the full-resolution route, one for the three low-resolution routes
 UPSAMPLE_MODES = ("bilinear", "nearest")
@@ -130,15 +131,7 @@ class MultiScaleSS2D(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
         """Mamba's initialisation: S4D-real A, D = 1, step sizes log-uniform in [dt_min, dt_max]."""
-        bound = self.d_inner**-0.5
-        nn.init.uniform_(self.x_proj_weight, -bound, bound)
-        nn.init.uniform_(self.dt_projs_weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
-        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
-        self.Ds.fill_(1.0)
+        reset_routed_ssm_(self, dt_min, dt_max, dt_init_floor)
 
     def _scan(self, xs: torch.Tensor, group: int) -> torch.Tensor:
         """One selective scan of (b, d, l) with parameter group ``group``; returns (b, d, l)."""

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from vizoo.kernels import cross_selective_scan, route_order, selective_scan
 from vizoo.kernels.cross_scan import atrous_merge, atrous_scan
+from vizoo.layers.ssm_init import reset_routed_ssm_
 
 NUM_ROUTES = {"cross": 4, "atrous": 4}  # route set -> K
 
@@ -86,16 +87,7 @@ class SS2D(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
         """Mamba's initialisation: S4D-real A, D = 1, step sizes log-uniform in [dt_min, dt_max]."""
-        bound = self.d_inner**-0.5  # nn.Linear's default for the stacked x projections
-        nn.init.uniform_(self.x_proj_weight, -bound, bound)
-        dt_std = self.dt_rank**-0.5
-        nn.init.uniform_(self.dt_projs_weight, -dt_std, dt_std)
-        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
-        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
-        self.Ds.fill_(1.0)
+        reset_routed_ssm_(self, dt_min, dt_max, dt_init_floor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape

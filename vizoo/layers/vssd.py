@@ -5,14 +5,13 @@ Channel-last (B, H, W, C). Parameter names follow the official ``classification/
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
 from vizoo.kernels.linear_attention import linear_attention
+from vizoo.layers.ssm_init import init_dt_bias_
 
 
 class NCSSD(nn.Module):
@@ -56,9 +55,7 @@ class NCSSD(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self, A_init_range=(1.0, 16.0), dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4) -> None:
         """Mamba2's initialisation: A uniform in A_init_range, step sizes log-uniform in [dt_min, dt_max], D = 1."""
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_bias_(self.dt_bias, dt_min, dt_max, dt_init_floor)
         self.A_log.copy_(torch.log(torch.empty_like(self.A_log).uniform_(*A_init_range)))
         self.D.fill_(1.0)
 
