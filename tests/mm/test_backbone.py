@@ -100,3 +100,10 @@ def test_model_that_cannot_give_features():
 
     with pytest.raises(ValueError, match="cannot give feature maps"):
         VizooBackbone("vizoo_mm_test_plain")
+
+
+def test_default_out_indices_are_every_stage():
+    assert VizooBackbone("test_vmamba").strides == (4, 8, 16, 32)
+    three_stages = VizooBackbone("test_mobilemamba")  # MobileMamba: three stages, strides 16 to 64
+    assert three_stages.out_indices == (0, 1, 2) and three_stages.strides == (16, 32, 64)
+    assert len(three_stages(torch.randn(1, 3, 128, 128))) == 3

@@ -31,3 +31,17 @@ def test_missing_images_stop_the_runner(tmp_path):
     runner = Runner.from_cfg(cfg)
     with pytest.raises(FileNotFoundError, match=r"points to 1 missing file\(s\): '.*coins_1.png'"):
         runner.train()
+
+
+def test_empty_coco_stops_the_runner_with_a_clear_error(tmp_path):
+    """The Runner builds its datasets inside train(), before any hook; VizooRunner (the configs' runner_type) turns
+    mmengine's "need at least one array to concatenate" into the dataset check's message."""
+    from mmengine.registry import RUNNERS
+
+    init_default_scope("mmdet")
+    write_coco(tmp_path / "data", empty=True)
+    cfg = runner_config(shrink_config(RETINANET), det_dataset_cfg(tmp_path / "data", False), tmp_path / "w", 1)
+    assert cfg.runner_type == "VizooRunner"
+    runner = RUNNERS.build(cfg)
+    with pytest.raises(ValueError, match=r"dataset \(type='CocoDataset' ann_file='ann.json'.*\) has no images"):
+        runner.train()

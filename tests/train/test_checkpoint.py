@@ -55,3 +55,22 @@ def test_corrupt_checkpoint_tool_message(short_run, lfw_data, tmp_path):
     proc = run_tool(["--data-dir", lfw_data, "--img-size", 32, "--workers", 0, "--resume", newest, "--output", out])
     assert proc.returncode == 1, proc.stderr
     assert "is corrupt" in proc.stderr and "--resume auto" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ema_copies_state_fitted_on_the_first_batch(lfw_data, tmp_path):
+    """EcoFormer fits its hashing buffers on the first training batch: the EMA must hold the fitted values, not an
+    average of them with the unfitted init (timm's EMA averages every float buffer)."""
+    from vizoo.train import train
+
+    from .conftest import small_config
+
+    cfg = small_config(lfw_data, tmp_path / "out", model="test_pvt_v2_ecoformer", model_ema=True, epochs=1)
+    result = train(cfg)
+    model, ema = (
+        load_file(str(result.output / "model.safetensors")),
+        load_file(str(result.output / "model_ema.safetensors")),
+    )
+    hashing = [k for k in model if ".hashing." in k]
+    assert hashing and all(bool(model[k]) for k in hashing if k.endswith("fitted"))
+    for key in hashing:
+        torch.testing.assert_close(ema[key], model[key], rtol=0, atol=0, msg=key)

@@ -107,3 +107,23 @@ def test_sampler_shards_and_resumes():
     s.set_epoch(1)
     assert [i for i, _ in s] != [i for i, _ in full]
     assert np.all([e == 1 for _, e in s])
+
+
+def test_initial_checkpoint_starts_from_its_weights_and_drops_a_classifier_of_another_size(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from vizoo.train.classification import _build_model
+
+    source = timm.create_model("test_vmamba", num_classes=10)
+    path = tmp_path / "pretrained.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = _build_model(TrainConfig(model="test_vmamba", initial_checkpoint=str(path)), num_classes=3)
+    state = model.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            torch.testing.assert_close(state[key], value, msg=key)
+    assert state["head.fc.weight"].shape[0] == 3
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="pretrained.safetensors"):
+        _build_model(TrainConfig(model="test_vmamba", initial_checkpoint=str(path)), num_classes=3)

@@ -4,7 +4,7 @@ Importing this package:
 
 - registers ``VizooBackbone`` once, in mmengine's root ``MODELS`` registry. mmdet's and mmseg's ``MODELS`` are its
   children and search their parent, so ``dict(type="VizooBackbone", ...)`` builds under either default scope;
-- registers ``VizooDatasetCheckHook`` (clear errors for empty datasets and missing image files);
+- registers ``VizooDatasetCheckHook`` and ``VizooRunner`` (clear errors for empty datasets and missing image files);
 - makes mmengine 0.10.7 read its own checkpoints on torch >= 2.6 (see ``vizoo.mm.checkpoint``).
 
 Needs the ``mm`` extra (``pip install -e .[mm]`` and mmcv, see ``tools/install_mmcv.sh``); ``import vizoo`` does not.
@@ -17,15 +17,16 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("vizoo.mm needs OpenMMLab: pip install -e '.[mm]' and then tools/install_mmcv.sh for mmcv") from e
 
-from mmengine.registry import HOOKS, MODELS
+from mmengine.registry import HOOKS, MODELS, RUNNERS
 
 from vizoo.mm.backbone import VizooBackbone
 from vizoo.mm.checkpoint import install_checkpoint_loader, trusted_checkpoint_dir
-from vizoo.mm.data_check import VizooDatasetCheckHook, check_dataset
+from vizoo.mm.data_check import VizooDatasetCheckHook, VizooRunner, check_dataset
 
 __all__ = [
     "VizooBackbone",
     "VizooDatasetCheckHook",
+    "VizooRunner",
     "check_dataset",
     "install_checkpoint_loader",
     "trusted_checkpoint_dir",
@@ -35,4 +36,6 @@ if MODELS.get("VizooBackbone") is None:
     MODELS.register_module(name="VizooBackbone", module=VizooBackbone)
 if HOOKS.get("VizooDatasetCheckHook") is None:
     HOOKS.register_module(name="VizooDatasetCheckHook", module=VizooDatasetCheckHook)
+if RUNNERS.get("VizooRunner") is None:
+    RUNNERS.register_module(name="VizooRunner", module=VizooRunner)
 install_checkpoint_loader()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 from mmengine.hooks import Hook
+from mmengine.runner import Runner
 
-__all__ = ["VizooDatasetCheckHook", "check_dataset"]
+__all__ = ["VizooDatasetCheckHook", "VizooRunner", "check_dataset"]
 
 # Per-sample keys that name files the pipeline will read (mmdet: img_path; mmseg: img_path and seg_map_path).
 _FILE_KEYS = ("img_path", "seg_map_path")
@@ -35,10 +36,11 @@ def _describe(dataset) -> str:
 
 
 def _no_images(description: str, split: str) -> ValueError:
+    which = f"the {split} dataset" if split else "the dataset"
     return ValueError(
-        f"the {split} dataset ({description}) has no images. Check that the annotation file lists images (and, for "
-        "COCO, that filter_cfg does not drop them all: images without annotations are dropped by "
-        "filter_empty_gt=True), and that the image folder is data_root + data_prefix"
+        f"{which} ({description}) has no images. Check that the annotation file lists images (and, for COCO, that "
+        "filter_cfg does not drop them all: images without annotations are dropped by filter_empty_gt=True), and that "
+        "the image folder is data_root + data_prefix"
     )
 
 
@@ -54,10 +56,7 @@ def check_dataset(dataset, split: str = "train") -> None:
         try:
             dataset = DATASETS.build(dataset)
         except ValueError as e:
-            if "at least one array" not in str(e):
-                raise
-            desc = " ".join(f"{k}={dataset.get(k)!r}" for k in ("type", "ann_file", "data_root") if dataset.get(k))
-            raise _no_images(desc, split) from e
+            raise _empty_build_error(e, dataset, split) from e
     for leaf in _leaf_datasets(dataset):
         if hasattr(leaf, "full_init"):
             leaf.full_init()
@@ -77,11 +76,41 @@ def check_dataset(dataset, split: str = "train") -> None:
             )
 
 
+def _empty_build_error(error: ValueError, dataset_cfg: dict, split: str) -> ValueError:
+    """mmengine's datasets fail on an empty sample list with numpy's "need at least one array to concatenate"."""
+    if "at least one array" not in str(error):
+        return error
+    desc = " ".join(f"{k}={dataset_cfg.get(k)!r}" for k in ("type", "ann_file", "data_root") if dataset_cfg.get(k))
+    return _no_images(desc, split)
+
+
+class VizooRunner(Runner):
+    """mmengine's ``Runner`` whose dataloaders report a dataset without samples with ``check_dataset``'s message.
+
+    The Runner builds its datasets inside ``train()``/``val()``/``test()``, before any hook runs, and an empty one
+    fails there with numpy's "need at least one array to concatenate". vizoo's configs set
+    ``runner_type = "VizooRunner"``, which mmdet's and mmseg's ``tools/train.py`` build through ``RUNNERS``.
+    """
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        try:
+            return Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        except ValueError as e:
+            dataset = dataloader.get("dataset") if isinstance(dataloader, dict) else None
+            if not isinstance(dataset, dict):
+                raise
+            error = _empty_build_error(e, dataset, "")
+            if error is e:
+                raise
+            raise error from e
+
+
 class VizooDatasetCheckHook(Hook):
     """``custom_hooks=[dict(type="VizooDatasetCheckHook")]``: run ``check_dataset`` on the train/val/test sets.
 
-    It sees datasets once the Runner has built them; one that fails while being built (no samples at all) is caught
-    by calling ``check_dataset(cfg.train_dataloader.dataset)`` before the Runner.
+    It sees datasets once the Runner has built them; one that fails while being built (no samples at all) is reported
+    by ``VizooRunner`` (or by calling ``check_dataset(cfg.train_dataloader.dataset)`` before a plain Runner).
     """
 
     priority = "VERY_HIGH"

@@ -162,7 +162,10 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         kwargs["drop_rate"] = cfg.drop
     if cfg.drop_path is not None:
         kwargs["drop_path_rate"] = cfg.drop_path
-    return timm.create_model(cfg.model, pretrained=False, **kwargs)
+    if cfg.initial_checkpoint:
+        # The model's own filter maps official layouts, and a classifier of another size is dropped (fine-tuning).
+        kwargs["pretrained_cfg_overlay"] = dict(file=cfg.initial_checkpoint)
+    return timm.create_model(cfg.model, pretrained=bool(cfg.initial_checkpoint), **kwargs)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -500,7 +503,11 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
             scaler.step(optimizer)
             scaler.update()
             global_step += 1
-            if ema is not None:
+            if ema is not None and global_step == 1:
+                # Start the average from the model after its first step, so that state fitted on the first batch
+                # (EcoFormer's hashing buffers) is copied rather than averaged with its unfitted initial values.
+                ema.set(module)
+            elif ema is not None:
                 ema.update(module, step=global_step)
             if cfg.sched_on_updates:
                 scheduler.step_update(num_updates=global_step)

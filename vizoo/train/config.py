@@ -31,6 +31,7 @@ class TrainConfig:
     in_chans: int = 3
     output: str = "outputs/train"
     resume: str | None = None  # a checkpoint path, or "auto"
+    initial_checkpoint: str | None = None  # weights to fine-tune from (loaded through the model's checkpoint filter)
     # schedule
     epochs: int = 300
     batch_size: int = 128  # per process
@@ -145,6 +146,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--in-chans", type=int, default=s)
     g.add_argument("--output", default=s, help="run folder: checkpoints/, metrics.jsonl, ... (default outputs/train)")
     g.add_argument("--resume", default=s, help="checkpoint folder to resume from, or 'auto' (newest in --output)")
+    g.add_argument("--initial-checkpoint", default=s, help="weights file to fine-tune from (official layouts map)")
     g = p.add_argument_group("schedule and optimiser")
     g.add_argument("--epochs", type=int, default=s)
     g.add_argument("--batch-size", "-b", type=int, default=s, help="batch size per process")

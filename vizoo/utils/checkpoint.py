@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Iterable
 
 import torch
+from safetensors import SafetensorError
 
 _logger = logging.getLogger(__name__)
 
@@ -40,7 +41,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             checkpoint = _torch_load_weights_only(path)
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        SafetensorError,
+    ) as e:
         raise CheckpointError(
             f"cannot read checkpoint {path!r}: it is corrupt, truncated or not a PyTorch/safetensors file "
             f"({type(e).__name__}: {e}). Download or export it again."

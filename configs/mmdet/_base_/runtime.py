@@ -10,6 +10,7 @@ default_hooks = dict(
     visualization=dict(type="DetVisualizationHook"),
 )
 custom_hooks = [dict(type="VizooDatasetCheckHook")]  # clear errors for empty datasets and missing image files
+runner_type = "VizooRunner"  # mmengine's Runner, with a clear error for a dataset that builds empty
 env_cfg = dict(
     cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl")
 )

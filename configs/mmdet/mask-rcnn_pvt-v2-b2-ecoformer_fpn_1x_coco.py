@@ -1,0 +1,3 @@
+_base_ = "./_base_/mask-rcnn_vizoo_fpn_1x_coco.py"
+# EcoFormer fits its hashing on the first training batch (vizoo.layers.ecoformer).
+model = dict(backbone=dict(model_name="pvt_v2_b2_ecoformer"), neck=dict(in_channels=[64, 128, 320, 512]))
