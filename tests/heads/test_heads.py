@@ -97,3 +97,15 @@ def test_bad_input_errors():
         model.loss(
             torch.randn(1, 3, 64, 64), [{"boxes": torch.tensor([[0.0, 0, 30, 30]]), "labels": torch.tensor([3])}]
         )
+
+
+def test_default_levels_follow_the_backbone():
+    """Detection takes the last three feature levels, segmentation the last four: strides 8-32 and 4-32 on a
+    four-stage model, all three stages (strides 16-64) of MobileMamba."""
+    assert create_detector("test_vmamba", 2).backbone.reductions == [8, 16, 32]
+    assert create_segmentor("test_vmamba", num_classes=2).backbone.reductions == [4, 8, 16, 32]
+    detector = create_detector("test_mobilemamba", 2)
+    assert detector.backbone.reductions == [16, 32, 64]
+    segmentor = create_segmentor("test_mobilemamba", num_classes=3).eval()
+    with torch.no_grad():
+        assert segmentor(torch.randn(1, 3, 128, 192)).shape == (1, 3, 128, 192)

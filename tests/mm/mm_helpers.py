@@ -18,16 +18,20 @@ RETINANET = CONFIGS / "mmdet" / "retinanet_vmamba-tiny-s1l8_fpn_1x_coco.py"
 UPERNET = CONFIGS / "mmseg" / "upernet_vmamba-tiny-s1l8_160k_ade20k-512x512.py"
 MASK_RCNN_PLAIN = CONFIGS / "mmdet" / "mask-rcnn_vim-tiny_fpn_1x_coco.py"  # single-stride backbone + pyramid neck
 UPERNET_PLAIN = CONFIGS / "mmseg" / "upernet_vim-tiny_160k_ade20k-512x512.py"
+MASK_RCNN_STRIDE16 = CONFIGS / "mmdet" / "mask-rcnn_mobilemamba-b1_fpn_1x_coco.py"  # strides 16-64 + TransposedConvFPN
+RETINANET_STRIDE16 = CONFIGS / "mmdet" / "retinanet_mobilemamba-b1_fpn_1x_coco.py"
 
 TEST_CHANNELS = (24, 48, 96, 192)  # test_vmamba's feature_info channels
 TEST_VIM_WIDTH = 64  # test_vim's width (four blocks, all at stride 16)
+TEST_MOBILEMAMBA_CHANNELS = (48, 64, 80)  # test_mobilemamba's three stages, strides 16, 32, 64
 NECK = 32  # neck / head width in the shrunk models
 IMG = 128  # test image size
 
 
 def shrink_config(path: Path, num_classes: int = 1) -> Config:
     """The shipped config at ``path`` with ``test_vmamba`` (``test_vim`` where the config has a pyramid neck for a
-    plain backbone), 32-channel necks and heads and few proposals."""
+    plain backbone, ``test_mobilemamba`` where it has a TransposedConvFPN), 32-channel necks and heads and few
+    proposals."""
     cfg = Config.fromfile(str(path))
     m = cfg.model
     m.backbone.pop("drop_path_rate", None)
@@ -37,6 +41,10 @@ def shrink_config(path: Path, num_classes: int = 1) -> Config:
         necks[0].update(embed_dim=TEST_VIM_WIDTH, norm_cfg=dict(type="BN", requires_grad=True))
         channels = [TEST_VIM_WIDTH] * 4
         neck = necks[-1]
+    elif necks[0] is not None and necks[0].type == "TransposedConvFPN":
+        m.backbone.model_name = "test_mobilemamba"
+        channels = list(TEST_MOBILEMAMBA_CHANNELS)
+        neck = necks[0]
     else:
         m.backbone.model_name = "test_vmamba"
         channels = list(TEST_CHANNELS)
@@ -52,7 +60,7 @@ def shrink_config(path: Path, num_classes: int = 1) -> Config:
         m.train_cfg.rcnn.sampler.num = 64
         m.test_cfg.rpn.update(nms_pre=200, max_per_img=100)
     elif m.type == "RetinaNet":
-        m.neck.update(in_channels=[TEST_CHANNELS[i] for i in m.backbone.out_indices], out_channels=NECK)
+        m.neck.update(in_channels=[channels[i] for i in m.backbone.out_indices], out_channels=NECK)
         m.bbox_head.update(in_channels=NECK, feat_channels=NECK, stacked_convs=1, num_classes=num_classes)
     else:  # mmseg EncoderDecoder + UperNet
         m.data_preprocessor.size = (IMG, IMG)

@@ -8,7 +8,9 @@ import torch
 from mm_helpers import (
     MASK_RCNN,
     MASK_RCNN_PLAIN,
+    MASK_RCNN_STRIDE16,
     RETINANET,
+    RETINANET_STRIDE16,
     UPERNET,
     UPERNET_PLAIN,
     det_dataset_cfg,
@@ -33,6 +35,11 @@ PLAIN_CASES = {
     "mask_rcnn_plain": (MASK_RCNN_PLAIN, "mmdet"),
     "upernet_plain": (UPERNET_PLAIN, "mmseg"),
 }
+# Stride-16-to-64 backbones behind TransposedConvFPN, which adds the finer levels: MobileMamba's configs.
+STRIDE16_CASES = {
+    "mask_rcnn_stride16": (MASK_RCNN_STRIDE16, "mmdet"),
+    "retinanet_stride16": (RETINANET_STRIDE16, "mmdet"),
+}
 
 
 def _registries(scope: str):
@@ -50,16 +57,16 @@ def _dataset_cfg(name: str, root):
     return det_dataset_cfg(root, with_mask=name.startswith("mask_rcnn"))
 
 
-@pytest.mark.parametrize("name", list(CASES) + list(PLAIN_CASES))
+@pytest.mark.parametrize("name", list(CASES) + list(PLAIN_CASES) + list(STRIDE16_CASES))
 def test_loss_backward_predict(name, tmp_path):
-    path, scope = {**CASES, **PLAIN_CASES}[name]
+    path, scope = {**CASES, **PLAIN_CASES, **STRIDE16_CASES}[name]
     init_default_scope(scope)
     datasets, models = _registries(scope)
     cfg = shrink_config(path)
     model = models.build(cfg.model)
     model.init_weights()
     backbone = model.backbone
-    expected = "test_vim" if name in PLAIN_CASES else "test_vmamba"
+    expected = "test_vim" if name in PLAIN_CASES else "test_mobilemamba" if name in STRIDE16_CASES else "test_vmamba"
     assert type(backbone).__name__ == "VizooBackbone" and backbone.model_name == expected
 
     dataset = datasets.build(_dataset_cfg(name, tmp_path))
@@ -127,3 +134,17 @@ def test_runner_loss_goes_down(name, tmp_path):
     assert len(recorder.losses) == iters
     assert sum(last) < sum(first), f"loss did not go down: {recorder.losses}"
     assert (tmp_path / "work" / f"iter_{iters}.pth").is_file()
+
+
+def test_upernet_tests_whole_images_of_any_size(tmp_path):
+    """mmseg's whole-image testing feeds the resized image as it is (ADE20K: 512 x 683, ...); the shipped configs pad
+    it to a multiple of 32 for vizoo's backbones, and the prediction comes back unpadded at the original size."""
+    init_default_scope("mmseg")
+    datasets, models = _registries("mmseg")
+    model = models.build(shrink_config(UPERNET).model).eval()
+    cfg = seg_dataset_cfg(write_seg_folder(tmp_path))
+    cfg["pipeline"][2] = dict(type="Resize", scale=(140, 100), keep_ratio=False)  # (w, h): neither a multiple of 32
+    batch = pseudo_collate([datasets.build(cfg)[0]])
+    with torch.no_grad():
+        result = model.test_step(batch)[0]
+    assert tuple(result.pred_sem_seg.data.shape[-2:]) == result.ori_shape

@@ -127,6 +127,16 @@ class MobileMamba(StagedBackbone):
         self.head = BatchNormClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.head.apply(init_trunc_normal)
 
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """As ``StagedBackbone``'s; a pruned head also loses its BatchNorm, which a feature extractor never runs (its
+        parameters would get no gradient, which DDP rejects)."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head:
+            self.head.norm = nn.Identity()
+        return take_indices
+
     @torch.no_grad()
     def fuse(self) -> MobileMamba:
         """Fold every BatchNorm, in place, for deployment (eval outputs unchanged); returns the model in eval mode.

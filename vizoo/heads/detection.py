@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from .features import FeatureBackbone
+from .features import FeatureBackbone, last_levels
 
 __all__ = [
     "Detector",
@@ -303,17 +304,20 @@ class Detector(nn.Module):
 def create_detector(
     backbone: str,
     num_classes: int,
-    out_indices: tuple[int, ...] = (1, 2, 3),
+    out_indices: tuple[int, ...] | None = None,
     pretrained: bool = False,
     in_chans: int = 3,
     backbone_kwargs: dict | None = None,
     **kwargs,
 ) -> Detector:
     """An FCOS detector on ``backbone`` (a vizoo or timm model name with ``features_only``) for ``num_classes``
-    foreground classes (no background class). ``kwargs`` go to :class:`Detector` (``fpn_channels``,
-    ``extra_levels``, ``num_convs``, ``score_thresh``, ``nms_thresh``, ...).
+    foreground classes (no background class). ``out_indices`` None: the backbone's last three feature levels (strides
+    8-32 for a four-stage vizoo model). ``kwargs`` go to :class:`Detector` (``fpn_channels``, ``extra_levels``,
+    ``num_convs``, ``score_thresh``, ``nms_thresh``, ...).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (foreground classes, no background), got {num_classes!r}")
+    if out_indices is None and isinstance(backbone, str) and timm.is_model(backbone):
+        out_indices = last_levels(backbone, 3)
     body = FeatureBackbone(backbone, out_indices, pretrained=pretrained, in_chans=in_chans, **(backbone_kwargs or {}))
     return Detector(body, num_classes, **kwargs)

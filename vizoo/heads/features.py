@@ -15,7 +15,7 @@ import torch.nn as nn
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureBackbone"]
+__all__ = ["FeatureBackbone", "last_levels"]
 
 
 def _is_vizoo_model(name: str) -> bool:
@@ -31,6 +31,16 @@ def _num_levels(name: str, **kwargs) -> int | None:
         return None
 
 
+def last_levels(name: str, count: int) -> tuple[int, ...]:
+    """Indices of ``name``'s last ``count`` feature levels (all of them if it has fewer): the default levels of the
+    dense heads and of VizooBackbone, (0, 1, 2, 3) for a four-stage vizoo model and (0, 1, 2) for three-stage
+    MobileMamba. Counted on the meta device; a model without ``feature_info`` gets range(count), which the
+    ``features_only`` build then rejects with its own message."""
+    with torch.device("meta"):
+        levels = len(getattr(timm.create_model(name), "feature_info", range(count)))
+    return tuple(range(max(levels - count, 0), levels))
+
+
 class FeatureBackbone(nn.Module):
     """``name`` built with ``features_only=True``: (B, C_in, H, W) -> list of NCHW maps at ``out_indices``.
 
@@ -41,11 +51,12 @@ class FeatureBackbone(nn.Module):
     def __init__(
         self,
         name: str,
-        out_indices: tuple[int, ...] = (0, 1, 2, 3),
+        out_indices: tuple[int, ...] | None = None,
         pretrained: bool = False,
         in_chans: int = 3,
         **kwargs,
     ):
+        """``out_indices``: the feature levels to return; None: the last four (``last_levels``)."""
         super().__init__()
         if not isinstance(name, str):
             raise TypeError(f"backbone must be a model name (str), got {type(name).__name__}")
@@ -53,7 +64,7 @@ class FeatureBackbone(nn.Module):
             close = difflib.get_close_matches(name, timm.list_models(), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"unknown backbone {name!r}.{hint} Run `vizoo list` or timm.list_models() to see names.")
-        out_indices = tuple(int(i) for i in out_indices)
+        out_indices = last_levels(name, 4) if out_indices is None else tuple(int(i) for i in out_indices)
         if not out_indices:
             raise ValueError("out_indices is empty; give the backbone levels to use, e.g. (1, 2, 3)")
         feature_kwargs = dict(in_chans=in_chans, **kwargs)

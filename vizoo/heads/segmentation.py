@@ -171,7 +171,7 @@ def create_segmentor(
     backbone: str,
     head: str = "upernet",
     num_classes: int = 2,
-    out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    out_indices: tuple[int, ...] | None = None,
     pretrained: bool = False,
     in_chans: int = 3,
     channels: int = 128,
@@ -179,7 +179,8 @@ def create_segmentor(
     **head_kwargs,
 ) -> Segmentor:
     """A segmentor: ``backbone`` (a vizoo or timm model name with ``features_only``) + ``head`` ("upernet", "mlp"
-    or "fpn") with ``channels`` decoder channels. Output (B, num_classes, H, W) logits for a (B, C_in, H, W) input.
+    or "fpn") with ``channels`` decoder channels; ``out_indices`` None: the backbone's last four feature levels. Output
+    (B, num_classes, H, W) logits for a (B, C_in, H, W) input.
     """
     if head not in SEG_HEADS:
         raise ValueError(f"unknown segmentation head {head!r}; choose one of {', '.join(SEG_HEADS)}")

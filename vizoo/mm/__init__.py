@@ -4,6 +4,8 @@ Importing this package:
 
 - registers ``VizooBackbone`` once, in mmengine's root ``MODELS`` registry. mmdet's and mmseg's ``MODELS`` are its
   children and search their parent, so ``dict(type="VizooBackbone", ...)`` builds under either default scope;
+- registers ``TransposedConvFPN`` (MobileMamba's detection neck: finer levels by transposed convs) when mmdet is
+  installed;
 - registers ``VizooDatasetCheckHook`` and ``VizooRunner`` (clear errors for empty datasets and missing image files);
 - makes mmengine 0.10.7 read its own checkpoints on torch >= 2.6 (see ``vizoo.mm.checkpoint``).
 
@@ -36,6 +38,12 @@ if MODELS.get("VizooBackbone") is None:
     MODELS.register_module(name="VizooBackbone", module=VizooBackbone)
 if HOOKS.get("VizooDatasetCheckHook") is None:
     HOOKS.register_module(name="VizooDatasetCheckHook", module=VizooDatasetCheckHook)
+try:  # the detection neck needs mmdet (the [mm] extra installs it; an mmseg-only setup goes without)
+    from vizoo.mm.necks import TransposedConvFPN
+except ImportError:  # pragma: no cover - depends on the environment
+    TransposedConvFPN = None
+if TransposedConvFPN is not None and MODELS.get("TransposedConvFPN") is None:
+    MODELS.register_module(name="TransposedConvFPN", module=TransposedConvFPN)
 if RUNNERS.get("VizooRunner") is None:
     RUNNERS.register_module(name="VizooRunner", module=VizooRunner)
 install_checkpoint_loader()

@@ -11,6 +11,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 import vizoo.backbones  # noqa: F401  (registers vizoo's models in timm)
+from vizoo.heads.features import last_levels
 from vizoo.utils.checkpoint import CheckpointError, read_state_dict
 
 __all__ = ["VizooBackbone"]
@@ -27,8 +28,8 @@ class VizooBackbone(BaseModule):
     Args:
         model_name: a vizoo model name (``vmamba_tiny_s1l8``) or any timm model that supports ``features_only``.
         out_indices: which feature levels to return, as indices into the model's ``feature_info``
-            (for vizoo's four-stage models, 0..3 at strides 4, 8, 16, 32); None (the default): every level of its
-            stages (MobileMamba has three).
+            (for vizoo's four-stage models, 0..3 at strides 4, 8, 16, 32); None (the default): its last four levels,
+            which are every stage of a vizoo model (MobileMamba has three).
         frozen_stages: freeze the stem and the first ``frozen_stages`` feature levels (parameters get
             ``requires_grad=False`` and those modules stay in eval mode); -1 freezes nothing, 0 only the stem.
         norm_eval: keep every batch-norm layer in eval mode (frozen running statistics) while training.
@@ -59,7 +60,7 @@ class VizooBackbone(BaseModule):
                 f"timm.list_models('*{model_name.split('_')[0]}*')"
             )
         self.model_name = model_name
-        self.out_indices = tuple(range(_num_stage_levels(model_name))) if out_indices is None else tuple(out_indices)
+        self.out_indices = last_levels(model_name, 4) if out_indices is None else tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         if checkpoint is not None:
@@ -162,13 +163,6 @@ def _read_backbone_weights(path: str, prefix: str | None) -> dict[str, torch.Ten
     if all(k.startswith("body.model.") for k in state_dict):
         state_dict = {k.removeprefix("body.model."): v for k, v in state_dict.items()}
     return state_dict
-
-
-def _num_stage_levels(model_name: str) -> int:
-    """How many feature levels ``model_name`` reports (vizoo's hierarchical models: one per stage); 4 for a model
-    without ``feature_info``, which ``_create_features_model`` then rejects with its own message."""
-    with torch.device("meta"):
-        return len(getattr(timm.create_model(model_name), "feature_info", range(4)))
 
 
 def _create_features_model(model_name: str, out_indices: tuple[int, ...], **kwargs) -> nn.Module:

@@ -8,6 +8,7 @@ data_preprocessor = dict(
     pad_val=0,
     seg_pad_val=255,
     size=(512, 512),  # pad to the crop size
+    test_cfg=dict(size_divisor=32),  # whole-image testing: pad to what vizoo's backbones take (results are unpadded)
 )
 model = dict(
     type="EncoderDecoder",
