@@ -23,7 +23,10 @@ __all__ = ["EcoFormerAttention", "KernelizedHashing", "hashed_attention"]
 
 
 def _sign_with_clipped_gradient(z: torch.Tensor) -> torch.Tensor:
-    """sign(z) forward; the gradient passes where |z| < 1 and is 0 elsewhere (a straight-through estimator)."""
+    """sign(z) forward; the gradient passes where |z| < 1 and is 0 elsewhere (a straight-through estimator). Without
+    autograd (inference, export) it is a plain Sign."""
+    if not (torch.is_grad_enabled() and z.requires_grad):
+        return torch.sign(z)
     clipped = z.clamp(-1.0, 1.0)
     return clipped + (torch.sign(z) - clipped).detach()
 
