@@ -169,3 +169,13 @@ def test_attention_output_under_bf16_autocast_is_close_to_fp32():
     assert torch.isfinite(out).all()
     # bf16 projections flip the code bits whose projection is near 0, each moving its token's output by ~1/b
     assert ((out.float() - expected).abs().mean() / expected.abs().mean()) < 0.1
+
+
+def test_fit_under_bf16_autocast_is_the_fp32_fit():
+    x, _ = clustered_tokens()
+    plain, autocast = KernelizedHashing(2, 16), KernelizedHashing(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast.fit(x.bfloat16())  # bf16 tokens, as an autocast model gives them
+    plain.fit(x.bfloat16().float())  # the same values, no autocast
+    for name in ("anchors", "kernel_mean", "projection"):
+        torch.testing.assert_close(getattr(autocast, name), getattr(plain, name), rtol=0, atol=0)

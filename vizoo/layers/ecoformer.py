@@ -91,8 +91,12 @@ class KernelizedHashing(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> None:
-        """Fit anchors, μ and A to the unit-norm tokens x (B, H, N, d) of one batch (see the class docstring)."""
-        x = x.detach().float()
+        """Fit anchors, μ and A to the unit-norm tokens x (B, H, N, d) of one batch (see the class docstring), in
+        fp32 whatever autocast says."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            self._fit(x.detach().float())
+
+    def _fit(self, x: torch.Tensor) -> None:
         b, h, n, d = x.shape
         generator = torch.Generator().manual_seed(self.seed)
         # Anchors: tokens of the first image (the released code's choice); from the whole batch when an image has
