@@ -78,7 +78,7 @@ class EcoFormerPVTv2(PyramidVisionTransformerV2):
 
     @torch.no_grad()
     def fit_hashing(self, images: torch.Tensor) -> EcoFormerPVTv2:
-        """(Re)fit every block's hashing on ``images`` (B, 3, H, W), each on the tokens that reach it, in the
+        """(Re)fit every block's hashing on ``images`` (B, in_chans, H, W), each on the tokens that reach it, in the
         model's current mode. Returns the model. Training fits on its first batch without this call."""
         for attn in self.hashed_attentions():
             attn.fit_on_next_forward = True
@@ -90,8 +90,8 @@ class EcoFormerPVTv2(PyramidVisionTransformerV2):
         return all(attn.hashing.is_fitted for attn in self.hashed_attentions())
 
     def _check_input(self, x: torch.Tensor) -> None:
-        name = self.pretrained_cfg.get("architecture", type(self).__name__) if hasattr(self, "pretrained_cfg") else ""
-        check_image_input(x, self.in_chans, self.input_multiple, name or type(self).__name__)
+        name = getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
+        check_image_input(x, self.in_chans, self.input_multiple, name)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
