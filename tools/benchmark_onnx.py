@@ -3,6 +3,9 @@ fp32 parity of the export on real images (max abs difference of the outputs, sci
 
 python tools/benchmark_onnx.py                       # vmamba_tiny_s1l8 and test_vmamba at their cfg sizes
 python tools/benchmark_onnx.py vanilla_vmamba_tiny   # any vizoo/timm model names
+python tools/benchmark_onnx.py --parity-only '*'     # parity of every registered model (fnmatch patterns work)
+python tools/benchmark_onnx.py --mobile cas_vit_xs    # also the share of nodes NNAPI / CoreML take, default and
+                                                      # `--mobile` graphs (onnxruntime's mobile usability checker)
 """
 
 from __future__ import annotations
@@ -14,33 +17,56 @@ from pathlib import Path
 import timm
 import torch
 
-import vizoo  # noqa: F401
+import vizoo
 from vizoo.benchmark import measure_latency
-from vizoo.export import export_onnx, input_shape, onnx_latency_ms
+from vizoo.export import export_onnx, input_shape, mobile_usability, onnx_latency_ms
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", default=["vmamba_tiny_s1l8", "test_vmamba"])
+    parser.add_argument(
+        "models", nargs="*", default=["vmamba_tiny_s1l8", "test_vmamba"], help="names or fnmatch patterns of models"
+    )
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument(
+        "--mobile", action="store_true", help="also check NNAPI / CoreML coverage of the default and --mobile graphs"
+    )
+    parser.add_argument("--parity-only", action="store_true", help="export and check parity, skip the latencies")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="parity above this fails the run (exit 1)")
     args = parser.parse_args(argv)
+    names = [m for pattern in args.models for m in (vizoo.list_models(pattern) if _is_pattern(pattern) else [pattern])]
+    failed = []
     print(f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency", flush=True)
     header = f"{'model':<22} {'input':>11} {'nodes':>6} {'parity':>8} {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11}"
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
+        for name in names:
             model = timm.create_model(name).eval()
             shape = input_shape(model, None)
             result = export_onnx(model, Path(tmp) / f"{name}.onnx", dynamic_batch=False, check=True)
-            eager_ms = measure_latency(model, shape, min_time_s=2.0)["latency_ms"]
-            ort_ms = onnx_latency_ms(result.path, torch.randn(1, *shape), runs=args.runs)
+            if result.max_abs_diff > args.tolerance:
+                failed.append(name)
+            timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12)
+            if not args.parity_only:
+                eager_ms = measure_latency(model, shape, min_time_s=2.0)["latency_ms"]
+                ort_ms = onnx_latency_ms(result.path, torch.randn(1, *shape), runs=args.runs)
+                timing = f" {eager_ms:>9.1f} {ort_ms:>8.1f} {ort_ms / eager_ms:>10.2f}x"
             size = "x".join(map(str, shape))
-            print(
-                f"{name:<22} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {eager_ms:>9.1f} {ort_ms:>8.1f} "
-                f"{ort_ms / eager_ms:>10.2f}x",
-                flush=True,
-            )
-    return 0
+            print(f"{name:<22} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e}{timing}", flush=True)
+            if args.mobile:
+                mobile = export_onnx(model, Path(tmp) / f"{name}.mobile.onnx", dynamic_batch=False, mobile=True)
+                for graph, path in (("default", result.path), ("--mobile", mobile.path)):
+                    coverage = "; ".join(
+                        f"{ep} {r['nodes']}/{r['total']} nodes in {r['partitions']} partitions"
+                        for ep, r in mobile_usability(path).items()
+                    )
+                    print(f"  {graph:<8} graph: {coverage}", flush=True)
+    print(f"{len(names)} models; parity above {args.tolerance:g}: {', '.join(failed) or 'none'}", flush=True)
+    return 1 if failed else 0
+
+
+def _is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
 
 
 if __name__ == "__main__":

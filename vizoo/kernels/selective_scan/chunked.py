@@ -131,7 +131,9 @@ def selective_scan_chunked(
     a = torch.exp(_to_chunks(delta).unsqueeze(2) * A.float()[:, :, None, None]).unbind(-1)  # (b, d, n, chunks)
     dtu = (delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)  # (b, g, d/g, 1, l)
     bx = _to_chunks((dtu * B.float().unsqueeze(2)).flatten(1, 2)).unbind(-1)  # (b, d, n, chunks)
-    C = _to_chunks(C.float()).unbind(-1)  # (b, g, n, chunks)
+    # The read-out sums over the n states as n · mean: NNAPI has ReduceMean but no ReduceSum. C carries the factor n
+    # (exact for a power of two, one rounding otherwise).
+    C = _to_chunks(C.float() * n if n > 1 else C.float()).unbind(-1)  # (b, g, n, chunks)
     h = _chunk_start_states(a, bx)
     # Rerun each chunk from its true entering state and read the output out at every position; no state is kept for
     # all positions. Padding steps (delta = 0) leave h unchanged, so h ends as the state at l - 1.
@@ -139,7 +141,7 @@ def selective_scan_chunked(
     for t in range(CHUNK):
         h = torch.addcmul(bx[t], a[t], h)
         h_groups = h.unflatten(1, (g, d // g))  # (b, g, d/g, n, chunks)
-        ys.append(h_groups.squeeze(3) * C[t] if n == 1 else (h_groups * C[t].unsqueeze(2)).sum(3))
+        ys.append(h_groups.squeeze(3) * C[t] if n == 1 else (h_groups * C[t].unsqueeze(2)).mean(3))
     y = _from_chunks(torch.stack(ys, dim=-1).flatten(1, 2), length)  # (b, g, d/g, chunks, CHUNK) -> (b, d, l)
     if D is not None:
         y = torch.addcmul(y, D.float()[:, None], u32)
