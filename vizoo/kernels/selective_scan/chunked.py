@@ -7,8 +7,8 @@ recurrence one level up (over chunks, recursively) gives the true state entering
 chunks from those states and reads the output out. Work stays O(L), the loop count O(CHUNK · log_CHUNK L), and no
 state is stored per position beyond what autograd keeps. A sequence is chunked by a free reshape to
 (..., chunks, CHUNK), and each step of the loops takes one position of every chunk (a strided slice). In ONNX that is
-one Split on the last axis: chunking with a transpose instead cost onnxruntime a Transpose per scan, and made
-vmamba_tiny_s1l8 about 25% slower there (and 15% slower in eager PyTorch).
+one Split on the last axis. Chunking with a transpose instead cost onnxruntime a Transpose per scan and recursion
+level, and made vmamba_tiny_s1l8 about 30% slower there (about 20% slower in eager PyTorch).
 
 Numerics: decays enter only as products of factors ``exp(Δ_t A) <= 1`` (for ``A <= 0``) within a chunk or across
 chunk ends, never as ``exp`` of a cumulative sum, so nothing overflows. All arithmetic is fp32. Only elementwise ops,
