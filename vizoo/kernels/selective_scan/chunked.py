@@ -58,9 +58,17 @@ def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
     return x.flatten(-2)[..., :length]
 
 
+def _steps(x: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    """The slices of ``x`` along ``dim`` (like ``unbind``), written as one Split in ONNX.
+
+    ``unbind`` exports as a Slice and a Squeeze per slice; ``split`` folds to a single Split node.
+    """
+    return [part.squeeze(dim) for part in x.split(1, dim)]
+
+
 def _recurrence_chunked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The recurrence on chunked tensors (..., chunks, CHUNK); returns h in the same layout."""
-    a, b = a.unbind(-1), b.unbind(-1)
+    a, b = _steps(a, -1), _steps(b, -1)
     h = _chunk_start_states(a, b)
     states = []
     for t in range(CHUNK):
@@ -84,7 +92,7 @@ def _chunk_start_states(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
 
 def _sequential(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     """``h_t = a_t h_{t-1} + b_t`` by a loop over the (short) dimension ``dim``."""
-    a, b = a.unbind(dim), b.unbind(dim)
+    a, b = _steps(a, dim), _steps(b, dim)
     h = [b[0]]
     for t in range(1, len(b)):
         h.append(torch.addcmul(b[t], a[t], h[-1]))
@@ -128,12 +136,12 @@ def selective_scan_chunked(
     # (b, g, d/g, ...) view of the state. Shapes are spelled with unflatten/flatten, never view(b, ...), so a symbolic
     # batch size exports cleanly.
     # Padding steps have delta = 0, so a = 1 there and the state passes through unchanged.
-    a = torch.exp(_to_chunks(delta).unsqueeze(2) * A.float()[:, :, None, None]).unbind(-1)  # (b, d, n, chunks)
+    a = _steps(torch.exp(_to_chunks(delta).unsqueeze(2) * A.float()[:, :, None, None]), -1)  # (b, d, n, chunks)
     dtu = (delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)  # (b, g, d/g, 1, l)
-    bx = _to_chunks((dtu * B.float().unsqueeze(2)).flatten(1, 2)).unbind(-1)  # (b, d, n, chunks)
+    bx = _steps(_to_chunks((dtu * B.float().unsqueeze(2)).flatten(1, 2)), -1)  # (b, d, n, chunks)
     # The read-out sums over the n states as n · mean: NNAPI has ReduceMean but no ReduceSum. C carries the factor n
     # (exact for a power of two, one rounding otherwise).
-    C = _to_chunks(C.float() * n if n > 1 else C.float()).unbind(-1)  # (b, g, n, chunks)
+    C = _steps(_to_chunks(C.float() * n if n > 1 else C.float()), -1)  # (b, g, n, chunks)
     h = _chunk_start_states(a, bx)
     # Rerun each chunk from its true entering state and read the output out at every position; no state is kept for
     # all positions. Padding steps (delta = 0) leave h unchanged, so h ends as the state at l - 1.
