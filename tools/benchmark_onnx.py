@@ -1,5 +1,9 @@
-"""onnxruntime (CPU) latency against PyTorch eager (CPU) for the same model, side by side in one run, with the
-fp32 parity of the export on real images (max abs difference of the outputs, scikit-image photos).
+"""onnxruntime (CPU) latency against PyTorch eager (CPU) for the same model, side by side in one run (one pass of
+each in turn, medians), with the fp32 parity of the export on real images (max abs difference of the outputs,
+scikit-image photos) and the size of those outputs (max |output|).
+
+Models are built without pretrained weights, and every parameter gets N(0, 0.02²) noise first (``--perturb``): at
+init, zero or 1e-6 layer scales leave most blocks out of the output, and parity would test little of the graph.
 
 python tools/benchmark_onnx.py                       # vmamba_tiny_s1l8 and test_vmamba at their cfg sizes
 python tools/benchmark_onnx.py vanilla_vmamba_tiny   # any vizoo/timm model names
@@ -18,8 +22,8 @@ import timm
 import torch
 
 import vizoo
-from vizoo.benchmark import measure_latency
-from vizoo.export import export_onnx, input_shape, mobile_usability, onnx_latency_ms
+from vizoo.export import eager_vs_onnx_ms, export_onnx, input_shape, mobile_usability
+from vizoo.export.onnx import sample_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "models", nargs="*", default=["vmamba_tiny_s1l8", "test_vmamba"], help="names or fnmatch patterns of models"
     )
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds (one eager and one ORT pass each)")
     parser.add_argument(
         "--mobile", action="store_true", help="also check NNAPI / CoreML coverage of the default and --mobile graphs"
     )
     parser.add_argument("--parity-only", action="store_true", help="export and check parity, skip the latencies")
+    parser.add_argument("--perturb", type=float, default=0.02, help="std of the noise added to every parameter")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="parity above this fails the run (exit 1)")
     args = parser.parse_args(argv)
     names = []
@@ -41,23 +46,28 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no vizoo or timm model matches {pattern!r}; see `vizoo list` for vizoo's names")
         names += matched
     failed = []
-    print(f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency", flush=True)
-    header = f"{'model':<22} {'input':>11} {'nodes':>6} {'parity':>8} {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11}"
+    print(f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency, eager and ORT in turn", flush=True)
+    header = f"{'model':<22} {'input':>11} {'nodes':>6} {'parity':>8} {'|out|':>7}"
+    header += f" {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11}"
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            model = timm.create_model(name).eval()
+            model = perturb_weights(timm.create_model(name).eval(), args.perturb)
             shape = input_shape(model, None)
+            with torch.no_grad():
+                output_size = model(sample_images(shape, model, count=1)).abs().max().item()
             result = export_onnx(model, Path(tmp) / f"{name}.onnx", dynamic_batch=False, check=True)
             if result.max_abs_diff > args.tolerance:
                 failed.append(name)
             timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12)
             if not args.parity_only:
-                eager_ms = measure_latency(model, shape, min_time_s=2.0)["latency_ms"]
-                ort_ms = onnx_latency_ms(result.path, torch.randn(1, *shape), runs=args.runs)
+                eager_ms, ort_ms = eager_vs_onnx_ms(model, result.path, torch.randn(1, *shape), rounds=args.runs)
                 timing = f" {eager_ms:>9.1f} {ort_ms:>8.1f} {ort_ms / eager_ms:>10.2f}x"
             size = "x".join(map(str, shape))
-            print(f"{name:<22} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e}{timing}", flush=True)
+            print(
+                f"{name:<22} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",
+                flush=True,
+            )
             if args.mobile:
                 mobile = export_onnx(
                     model, Path(tmp) / f"{name}.mobile.onnx", dynamic_batch=False, mobile=True, check=False
@@ -70,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {graph:<8} graph: {coverage}", flush=True)
     print(f"{len(names)} models; parity above {args.tolerance:g}: {', '.join(failed) or 'none'}", flush=True)
     return 1 if failed else 0
+
+
+def perturb_weights(model: torch.nn.Module, std: float, seed: int = 0) -> torch.nn.Module:
+    """``model`` with N(0, std²) noise added to every parameter (seeded), in place."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+    return model
 
 
 def _is_pattern(name: str) -> bool:

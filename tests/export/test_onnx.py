@@ -1,4 +1,9 @@
-"""ONNX export: parity in onnxruntime on real images, graph contents, dynamic batch, fp16, int8, mobile, errors."""
+"""ONNX export: parity in onnxruntime on real images, graph contents, dynamic batch, fp16, int8, mobile, errors,
+and tools/benchmark_onnx.py."""
+
+import importlib.util
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +17,7 @@ from vizoo.data import photo_batch
 from vizoo.export import (
     ExportError,
     convert_to_ort,
+    eager_vs_onnx_ms,
     export_onnx,
     max_abs_diff,
     mobile_usability,
@@ -96,10 +102,7 @@ def test_mobile_report_and_ort_format(exported):
 
 
 def test_vmamba_tiny_graph_size(tmp_path):
-    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (with parity at 224).
-
-    Static batch: tracing is about twice as fast; the dynamic-batch graph is smaller (4,884 vs 4,911 nodes).
-    """
+    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (4,189), with parity at 224."""
     result = export_onnx("vmamba_tiny_s1l8", tmp_path / "tiny.onnx", dynamic_batch=False)
     assert result.nodes <= 5000, result.nodes
     assert result.max_abs_diff <= 1e-4
@@ -162,3 +165,39 @@ def test_mobile_graph_runs_whole_on_nnapi(tmp_path):
     blocks = sum(len(stage.blocks) for stage in model.stages)
     coreml = report["CoreML MLProgram"]
     assert coreml["total"] - coreml["nodes"] == blocks and coreml["partitions"] <= blocks + 1
+
+
+def test_eager_and_onnx_latencies_are_each_measured(tmp_path):
+    """Alternating rounds time each runtime on its own: an eager model that sleeps 30 ms per pass reads >= 30 ms,
+    while the graph exported from the same model without the sleep runs far faster."""
+
+    class Sleepy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            if not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+                time.sleep(0.03)
+            return self.net(x).mean((2, 3))
+
+    model = Sleepy().eval()
+    path = export_onnx(model.net, tmp_path / "conv.onnx", img_size=32, check=False).path
+    eager_ms, onnx_ms = eager_vs_onnx_ms(model, path, torch.randn(1, 3, 32, 32), rounds=3, warmup=1)
+    assert eager_ms >= 30 and 0 < onnx_ms < 10
+
+
+def test_benchmark_tool_reports_parity_and_refuses_unknown_names(capsys):
+    tool_path = Path(__file__).parents[2] / "tools" / "benchmark_onnx.py"
+    spec = importlib.util.spec_from_file_location("benchmark_onnx", tool_path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--runs", "2", "test_vmam*"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test_vmamba "))
+    nodes, parity, output_size, eager_ms, ort_ms, ratio = row.split()[2:]
+    assert float(parity) <= 1e-4 < float(output_size) and float(eager_ms) > 0 and float(ort_ms) > 0
+    assert float(ratio.rstrip("x")) == pytest.approx(float(ort_ms) / float(eager_ms), abs=0.011)
+    assert tool.main(["--parity-only", "--tolerance", "0", "test_vmamba"]) == 1  # parity above 0 fails the run
+    with pytest.raises(SystemExit):
+        tool.main(["no_such_model*"])
+    assert "no vizoo or timm model matches 'no_such_model*'" in capsys.readouterr().err

@@ -163,6 +163,33 @@ def onnx_latency_ms(path: str | os.PathLike, x: torch.Tensor, runs: int = 50, wa
     return 1e3 * float(np.median(times))
 
 
+def eager_vs_onnx_ms(
+    model: torch.nn.Module, path: str | os.PathLike, x: torch.Tensor, rounds: int = 20, warmup: int = 3
+) -> tuple[float, float]:
+    """Median milliseconds of PyTorch eager and of onnxruntime (CPU) on ``x``, measured alternately.
+
+    Each round runs one pass of each, so both see the same load when the machine is shared or noisy and their ratio
+    stays comparable even when the absolute figures drift.
+    """
+    import time
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    runners = (lambda: model(x), lambda: session.run(None, feed))
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for step in range(warmup + rounds):
+            for run, series in zip(runners, times):
+                start = time.perf_counter()
+                run()
+                if step >= warmup:
+                    series.append(time.perf_counter() - start)
+    eager_ms, onnx_ms = (1e3 * float(np.median(series)) for series in times)
+    return eager_ms, onnx_ms
+
+
 def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
     """Largest absolute difference between onnxruntime (CPU) and PyTorch eager on ``images``."""
     with torch.no_grad():
@@ -240,6 +267,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        _unshare_biases(prepared)
         if calibration is None:
             quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
         else:
@@ -252,6 +280,31 @@ def quantize_int8(
                 op_types_to_quantize=["Conv", "MatMul", "Gemm"],
             )
     return output
+
+
+def _unshare_biases(path: Path) -> None:
+    """Give every Conv / Gemm its own copy of a bias initializer that several nodes share (onnxslim merges equal
+    ones), in place.
+
+    onnxruntime's QDQ quantizer copies a shared bias itself, naming the copy by appending a number (``val_90`` ->
+    ``val_901``) and checking only initializer names, so the copy can take the name of an existing value and make the
+    model invalid ("Duplicate definition of name").
+    """
+    import onnx
+
+    model = onnx.load(path)
+    initializers = {init.name: init for init in model.graph.initializer}
+    uses = Counter(name for node in model.graph.node for name in node.input)
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and uses[node.input[2]] > 1:
+            bias = initializers.get(node.input[2])
+            if bias is not None:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(bias)
+                copy.name = f"{bias.name}_bias_of_node_{index}_"
+                model.graph.initializer.append(copy)
+                node.input[2] = copy.name
+    onnx.save(model, path)
 
 
 class _CalibrationReader:
