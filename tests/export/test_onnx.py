@@ -145,11 +145,14 @@ def test_primitive_layernorm_is_exact():
 
     from vizoo.export.mobile import PrimitiveLayerNorm
 
-    norm, norm2d = torch.nn.LayerNorm(12), LayerNorm2d(12)
+    norm, norm2d, rms = torch.nn.LayerNorm(12), LayerNorm2d(12), torch.nn.RMSNorm(12)
+    for n in (norm, norm2d, rms):
+        torch.nn.init.normal_(n.weight)
     for n in (norm, norm2d):
-        torch.nn.init.normal_(n.weight), torch.nn.init.normal_(n.bias)
+        torch.nn.init.normal_(n.bias)
     x = torch.randn(2, 5, 7, 12) * 3 + 1
     torch.testing.assert_close(PrimitiveLayerNorm(norm)(x), norm(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(PrimitiveLayerNorm(rms)(x), rms(x), rtol=1e-5, atol=1e-5)
     x = x.permute(0, 3, 1, 2)
     torch.testing.assert_close(PrimitiveLayerNorm(norm2d, channel_dim=1)(x), norm2d(x), rtol=1e-5, atol=1e-5)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
 from vizoo.kernels.linear_attention import linear_attention
+from vizoo.kernels.selective_scan.chunked import softplus
 from vizoo.layers.ssm_init import init_dt_bias_
 
 
@@ -65,7 +66,7 @@ class NCSSD(nn.Module):
         xbc = self.act(self.conv2d(xbc.permute(0, 3, 1, 2))).flatten(2).transpose(1, 2)  # (b, l, conv_dim)
         v, k, q = torch.split(xbc, [self.d_inner, self.d_state, self.d_state], dim=-1)
         v = v.unflatten(-1, (self.nheads, -1)).transpose(1, 2)  # (b, heads, l, headdim)
-        weights = F.softplus(dt.flatten(1, 2).float() + self.dt_bias.float()) * torch.exp(self.A_log.float())
+        weights = softplus(dt.flatten(1, 2).float() + self.dt_bias.float()) * torch.exp(self.A_log.float())
         heads = (-1, self.nheads, -1, -1)
         y = linear_attention(
             q.unsqueeze(1).expand(heads),

@@ -10,11 +10,10 @@ traces and exports without Loop/Scan/CumSum). The read-out ``y_t = <h_t, C_t> + 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from vizoo.kernels.backend import pick_backend
 from vizoo.kernels.counting import record_kernel_macs
-from vizoo.kernels.selective_scan.chunked import linear_recurrence
+from vizoo.kernels.selective_scan.chunked import linear_recurrence, softplus
 
 
 def _prepare(u, delta, A, B, delta_bias, delta_softplus):
@@ -24,7 +23,7 @@ def _prepare(u, delta, A, B, delta_bias, delta_softplus):
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
-        delta = F.softplus(delta)
+        delta = softplus(delta)  # exports without Softplus/Greater/Where (mobile runtimes lack them)
     B = B.float().repeat_interleave(d // B.shape[1], dim=1)
     return delta, delta * u.float(), B
 
