@@ -1,5 +1,5 @@
-"""onnxruntime (CPU) latency against PyTorch eager (CPU) for the same model, side by side in one run (one pass of
-each in turn, medians), with the fp32 parity of the export on real images (max abs difference of the outputs,
+"""onnxruntime (CPU) latency against PyTorch eager (CPU) for the same model, side by side in one run (blocks of
+passes in turn, medians), with the fp32 parity of the export on real images (max abs difference of the outputs,
 scikit-image photos) and the size of those outputs (max |output|).
 
 Models are built without pretrained weights, and every parameter gets N(0, 0.02²) noise first (``--perturb``): at
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "models", nargs="*", default=["vmamba_tiny_s1l8", "test_vmamba"], help="names or fnmatch patterns of models"
     )
-    parser.add_argument("--runs", type=int, default=20, help="timed rounds (one eager and one ORT pass each)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of 6 eager passes then 6 ORT passes")
     parser.add_argument(
         "--mobile", action="store_true", help="also check NNAPI / CoreML coverage of the default and --mobile graphs"
     )
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no vizoo or timm model matches {pattern!r}; see `vizoo list` for vizoo's names")
         names += matched
     failed = []
-    print(f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency, eager and ORT in turn", flush=True)
+    print(
+        f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency, eager and ORT blocks in turn",
+        flush=True,
+    )
     header = f"{'model':<22} {'input':>11} {'nodes':>6} {'parity':>8} {'|out|':>7}"
     header += f" {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11}"
     print(header, flush=True)
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
             timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12)
             if not args.parity_only:
-                eager_ms, ort_ms = eager_vs_onnx_ms(model, result.path, torch.randn(1, *shape), rounds=args.runs)
+                eager_ms, ort_ms = eager_vs_onnx_ms(model, result.path, torch.randn(1, *shape), rounds=args.rounds)
                 timing = f" {eager_ms:>9.1f} {ort_ms:>8.1f} {ort_ms / eager_ms:>10.2f}x"
             size = "x".join(map(str, shape))
             print(

@@ -164,12 +164,13 @@ def onnx_latency_ms(path: str | os.PathLike, x: torch.Tensor, runs: int = 50, wa
 
 
 def eager_vs_onnx_ms(
-    model: torch.nn.Module, path: str | os.PathLike, x: torch.Tensor, rounds: int = 20, warmup: int = 3
+    model: torch.nn.Module, path: str | os.PathLike, x: torch.Tensor, rounds: int = 4, passes: int = 6
 ) -> tuple[float, float]:
-    """Median milliseconds of PyTorch eager and of onnxruntime (CPU) on ``x``, measured alternately.
+    """Median milliseconds of PyTorch eager and of onnxruntime (CPU) on ``x``, measured in alternating blocks.
 
-    Each round runs one pass of each, so both see the same load when the machine is shared or noisy and their ratio
-    stays comparable even when the absolute figures drift.
+    Each round runs ``passes`` passes of eager, then of onnxruntime, so both see the same load when the machine is
+    shared or noisy and their ratio stays comparable when the absolute figures drift. The first pass of each block is
+    not timed: after a run, a runtime's worker threads may spin for a while and slow the other's first pass.
     """
     import time
 
@@ -180,11 +181,12 @@ def eager_vs_onnx_ms(
     runners = (lambda: model(x), lambda: session.run(None, feed))
     times: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
-        for step in range(warmup + rounds):
+        for _ in range(rounds):
             for run, series in zip(runners, times):
-                start = time.perf_counter()
                 run()
-                if step >= warmup:
+                for _ in range(passes - 1):
+                    start = time.perf_counter()
+                    run()
                     series.append(time.perf_counter() - start)
     eager_ms, onnx_ms = (1e3 * float(np.median(series)) for series in times)
     return eager_ms, onnx_ms
