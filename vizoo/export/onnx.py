@@ -139,26 +139,29 @@ def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = N
 
 
 def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> np.ndarray:
+    return _onnx_runner(path, images)()[0]
+
+
+def _onnx_runner(path: str | os.PathLike, x: torch.Tensor):
+    """A callable running the ONNX model at ``path`` on ``x`` in onnxruntime (CPU); it returns the outputs."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
 
 
 def onnx_latency_ms(path: str | os.PathLike, x: torch.Tensor, runs: int = 50, warmup: int = 5) -> float:
     """Median milliseconds of one onnxruntime CPU run on ``x``."""
     import time
 
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
+    run = _onnx_runner(path, x)
     for _ in range(warmup):
-        session.run(None, feed)
+        run()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, feed)
+        run()
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
@@ -174,11 +177,7 @@ def eager_vs_onnx_ms(
     """
     import time
 
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    runners = (lambda: model(x), lambda: session.run(None, feed))
+    runners = (lambda: model(x), _onnx_runner(path, x))
     times: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
         for _ in range(rounds):
