@@ -102,7 +102,7 @@ def test_mobile_report_and_ort_format(exported):
 
 
 def test_vmamba_tiny_graph_size(tmp_path):
-    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (2,951), with parity at 224."""
+    """Issue budget: vmamba_tiny_s1l8 in at most 5,000 nodes after simplification (2,693), with parity at 224."""
     result = export_onnx("vmamba_tiny_s1l8", tmp_path / "tiny.onnx", dynamic_batch=False)
     assert result.nodes <= 5000, result.nodes
     assert result.max_abs_diff <= 1e-4
@@ -157,17 +157,25 @@ def test_primitive_layernorm_is_exact():
     torch.testing.assert_close(PrimitiveLayerNorm(norm2d, channel_dim=1)(x), norm2d(x), rtol=1e-5, atol=1e-5)
 
 
-def test_mobile_graph_runs_whole_on_nnapi(tmp_path):
-    """--mobile: every node on NNAPI in one partition; CoreML MLProgram lacks only Log (one per block's softplus)."""
-    model = timm.create_model("test_vmamba").eval()
+NNAPI_LACKS = {"Erf", "LayerNormalization", "Softplus", "Greater", "Where", "ReduceSum", "Reciprocal", "Expand", "Sign"}
+MOBILE_WHOLE_ON_NNAPI = ["test_vmamba", "test_mala", "test_mlla", "test_vssd", "test_spatial_mamba"]
+
+
+@pytest.mark.parametrize("name", MOBILE_WHOLE_ON_NNAPI)
+def test_mobile_graph_runs_whole_on_nnapi(tmp_path, name):
+    """--mobile: every node on NNAPI in one partition (scans, linear-attention normalisers and shared heads included);
+    for VMamba, CoreML MLProgram lacks only Log (one per block's softplus)."""
+    model = timm.create_model(name).eval()
     result = export_onnx(model, tmp_path / "mobile.onnx", dynamic_batch=False, mobile=True)
     assert result.max_abs_diff <= 5e-3
-    assert not set(result.op_counts) & {"Erf", "LayerNormalization", "Softplus", "Greater", "Where", "Pad", "Gather"}
+    assert not set(result.op_counts) & NNAPI_LACKS, result.op_counts
     report = mobile_usability(result.path)
-    assert report["NNAPI"]["nodes"] == report["NNAPI"]["total"] and report["NNAPI"]["partitions"] == 1
-    blocks = sum(len(stage.blocks) for stage in model.stages)
-    coreml = report["CoreML MLProgram"]
-    assert coreml["total"] - coreml["nodes"] == blocks and coreml["partitions"] <= blocks + 1
+    assert report["NNAPI"]["nodes"] == report["NNAPI"]["total"] and report["NNAPI"]["partitions"] == 1, report
+    if name == "test_vmamba":
+        assert not set(result.op_counts) & {"Pad", "Gather"}  # the scan pads by Concat and steps by Split
+        blocks = sum(len(stage.blocks) for stage in model.stages)
+        coreml = report["CoreML MLProgram"]
+        assert coreml["total"] - coreml["nodes"] == blocks and coreml["partitions"] <= blocks + 1
 
 
 def test_eager_and_onnx_latencies_are_each_measured(tmp_path):

@@ -96,6 +96,25 @@ def test_non_contiguous_inputs(name):
     assert_all_close(run_with_grads(name, [q, k, v, w], grad), want, 1e-4)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("name", ["reference", *FAST])
+def test_shared_query_key_head_matches_expanded_heads(name, normalize, packed):
+    """q and k with one head serve all of v's heads (VSSD's shared B and C): same values and gradients as expanding
+    them, and the gradient of the shared head sums over the heads."""
+    b, h, n, d, dv = (1, 3, 23, 4, 5)
+    q, k, _, _ = make_inputs(b, 1, n, d, dv)
+    _, _, v, w = make_inputs(b, h, n, d, dv, with_w=True)
+    kwargs = dict(normalize=normalize, cu_seqlens=torch.tensor([0, 9, 23], dtype=torch.int32) if packed else None)
+    grad = torch.randn(b, h, n, dv)
+    got = run_with_grads(name, [q, k, v, w], grad, device="cpu" if name == "reference" else DEVICE, **kwargs)
+    expanded = [t.expand(-1, h, -1, -1) for t in (q, k)]
+    want = run_with_grads("reference", [*expanded, v, w], grad, device="cpu", **kwargs)
+    assert got[0].shape == (b, h, n, dv)
+    want[1], want[2] = (g.sum(1, keepdim=True) for g in want[1:3])  # expand's backward
+    assert_all_close(got, want, 1e-4)
+
+
 RAGGED = [[5, 0, 17, 1, 33], [16], [3, 40], [1, 1, 1]]
 
 
@@ -198,6 +217,7 @@ def test_bad_inputs_say_what_is_wrong():
         (dict(q=q[0]), "q must be a 4-d tensor"),
         (dict(k=k[..., :3]), "k must have q's shape"),
         (dict(v=v[:, :, :5]), "v must be"),
+        (dict(v=torch.cat([v, v], dim=1), weights=None), "v must be"),
         (dict(weights=w[..., :5]), "weights must be"),
         (dict(q=q.long()), "floating point"),
         (dict(cu_seqlens=torch.tensor([0, 6.0])), "cu_seqlens must be a 1-d int32"),
@@ -215,6 +235,8 @@ def test_bad_inputs_say_what_is_wrong():
     batched = [torch.cat([t, t]) for t in (q, k, v)]
     with pytest.raises(ValueError, match="pack the sequences along tokens"):
         linear_attention(*batched, cu_seqlens=torch.tensor([0, 6], dtype=torch.int32))
+    with pytest.raises(ValueError, match="v must be"):
+        additive_recurrence(q[:, :1], k[:, :1], v)  # no shared head for the recurrence
     with pytest.raises(ValueError, match="head dims up to"):
         linear_attention(q.new_ones(1, 1, 2, 300), q.new_ones(1, 1, 2, 300), v[:, :1, :2], backend="triton")
 

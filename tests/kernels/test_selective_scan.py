@@ -56,7 +56,10 @@ def test_values_and_last_state_match_reference(
     assert h.shape == (b, groups * per_group, n) and not h.requires_grad
 
 
-@pytest.mark.parametrize("b,d,length,n,g", [(1, 4, 1, 1, 1), (2, 6, 37, 16, 3), (1, 8, 65, 1, 4), (2, 4, 130, 4, 2)])
+@pytest.mark.parametrize(
+    "b,d,length,n,g",
+    [(1, 4, 1, 1, 1), (2, 6, 37, 16, 3), (1, 8, 65, 1, 4), (2, 4, 130, 4, 2), (1, 4, 196, 1, 2), (2, 4, 42, 16, 2)],
+)
 def test_gradients_match_reference(b, d, length, n, g):
     inputs = make_inputs(b, d, length, n, g)
     grads = {}
@@ -163,3 +166,10 @@ def test_bad_inputs_say_what_is_wrong(change, message):
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         selective_scan(**kwargs)
+
+
+@pytest.mark.parametrize("length,size", [(3136, 8), (196, 7), (49, 7), (42, 7), (30, 6), (130, 8), (37, 8)])
+def test_chunk_size_divides_the_length_where_it_can(length, size):
+    from vizoo.kernels.selective_scan.chunked import chunk_size
+
+    assert chunk_size(length) == size

@@ -79,9 +79,8 @@ class KernelizedHashing(nn.Module):
         """Gaussian kernel of x (B, H, N, d) against the anchors, centred by μ: (B, H, N, m), fp32."""
         x = x.float()
         anchors = self.anchors.float()
-        sq_dist = (
-            x.pow(2).sum(-1, keepdim=True) + anchors.pow(2).sum(-1)[:, None, :] - 2.0 * x @ anchors.transpose(-1, -2)
-        ).clamp_min(0.0)
+        x_sq = x.shape[-1] * x.pow(2).mean(-1, keepdim=True)  # ‖x‖² as d · mean (NNAPI has no ReduceSum)
+        sq_dist = (x_sq + anchors.pow(2).sum(-1)[:, None, :] - 2.0 * x @ anchors.transpose(-1, -2)).clamp_min(0.0)
         sigma = sq_dist.mean(dim=(-1, -2), keepdim=True)
         return torch.exp(-sq_dist / (2.0 * sigma)) - self.kernel_mean[:, None, :]
 
@@ -222,7 +221,8 @@ def hashed_attention(codes: torch.Tensor, v: torch.Tensor, bias_form: str = "rel
         augmented = torch.cat([codes, codes.new_full((*codes.shape[:-1], 1), math.sqrt(bias))], dim=-1)
         return linear_attention(augmented, augmented, v)
     n = codes.shape[2]
-    denominator = (codes * codes.sum(dim=2, keepdim=True)).sum(-1, keepdim=True) + n * bias
+    # Σ_j h_i·h_j = n · h_i·mean_j h_j, as a MatMul and a ReduceMean (NNAPI has no ReduceSum)
+    denominator = n * (codes @ codes.mean(dim=2, keepdim=True).transpose(-1, -2) + bias)
     return (linear_attention(codes, codes, v, normalize=False) + bias * v) / denominator
 
 

@@ -121,7 +121,7 @@ class MLLALinearAttention(nn.Module):
             _heads(apply_rope_2d(k, sin, cos), self.num_heads),
         )
         q, k, vh = _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
-        z = (q * k.mean(dim=2, keepdim=True)).sum(-1, keepdim=True) + 1e-6  # (b, heads, n, 1)
+        z = q @ k.mean(dim=2, keepdim=True).transpose(-1, -2) + 1e-6  # (b, heads, n, 1); a MatMul, not ReduceSum
         y = linear_attention(q_rope, k_rope * scale, vh * scale, normalize=False) / z
         y = _merge(y).to(x.dtype).reshape(b, h, w, c)
         return y + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -168,11 +168,11 @@ class MagnitudeAwareLinearAttention(nn.Module):
         q, k, v = (t.reshape(b, self.num_heads, self.head_dim, n).transpose(-1, -2).float() for t in (q, k, v))
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
         s = self.head_dim**-0.5
-        z = (q * k.mean(dim=2, keepdim=True)).sum(-1, keepdim=True) * s  # (b, heads, n, 1)
+        z = (q @ k.mean(dim=2, keepdim=True).transpose(-1, -2)) * s  # (b, heads, n, 1); a MatMul, not ReduceSum
         sin, cos = self.rope(h, w)
         pre = (s / n) ** 0.5
         qkv = linear_attention(apply_rope_2d(q, sin, cos), apply_rope_2d(k, sin, cos) * pre, v * pre, normalize=False)
-        y = qkv * (1 + 1 / (z + 1e-6)) - z * v.mean(dim=2, keepdim=True)
+        y = qkv + qkv / (z + 1e-6) - z * v.mean(dim=2, keepdim=True)  # a Div, not Reciprocal (NNAPI lacks it)
         y = y.transpose(-1, -2).reshape(b, c, h, w)
         if x.dtype != torch.float16:
             y = y.to(x.dtype)
@@ -299,8 +299,8 @@ class StripAttention(nn.Module):
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
         # The shared kernel wants k with q's length; here K has N/sr² tokens, so the two KV-first products are
         # written out (fp32): KV = mean_j k_jᵀ v_j, out_i = q_i·KV / (q_i·mean_j k_j + 1e-6).
-        k = k / k.shape[2]
-        y = (q @ (k.transpose(-1, -2) @ v)) / ((q * k.sum(2, keepdim=True)).sum(-1, keepdim=True) + 1e-6)
+        kv = k.transpose(-1, -2) @ v / k.shape[2]  # (b, heads, d, dv)
+        y = (q @ kv) / (q @ k.mean(2, keepdim=True).transpose(-1, -2) + 1e-6)  # MatMul and ReduceMean, as NNAPI runs
         y = _merge(y).transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
         return self.proj(y)
 

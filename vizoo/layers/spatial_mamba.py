@@ -192,7 +192,8 @@ class StructureAwareSSM(nn.Module):
         states = (
             self.state_fusion(states.flatten(1, 2).unflatten(-1, (h, w))).flatten(2).unflatten(1, (-1, self.d_state))
         )
-        y = (states * Cs.unsqueeze(1)).sum(2) + x * self.Ds.to(x.dtype)[:, None]  # (b, d, l)
+        # the sum over the n states as n · mean: NNAPI has ReduceMean but no ReduceSum
+        y = (states * (self.d_state * Cs).unsqueeze(1)).mean(2) + x * self.Ds.to(x.dtype)[:, None]  # (b, d, l)
         y = self.out_norm(y.transpose(1, 2).unflatten(1, (h, w)))
         return self.out_proj(y * F.silu(z))
 

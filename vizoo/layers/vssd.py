@@ -67,10 +67,9 @@ class NCSSD(nn.Module):
         v, k, q = torch.split(xbc, [self.d_inner, self.d_state, self.d_state], dim=-1)
         v = v.unflatten(-1, (self.nheads, -1)).transpose(1, 2)  # (b, heads, l, headdim)
         weights = softplus(dt.flatten(1, 2).float() + self.dt_bias.float()) * torch.exp(self.A_log.float())
-        heads = (-1, self.nheads, -1, -1)
         y = linear_attention(
-            q.unsqueeze(1).expand(heads),
-            k.unsqueeze(1).expand(heads),
+            q.unsqueeze(1),  # one B and C shared by all heads
+            k.unsqueeze(1),
             v,
             normalize=False,
             weights=weights.transpose(1, 2).to(v.dtype),

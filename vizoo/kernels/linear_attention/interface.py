@@ -43,13 +43,14 @@ def linear_attention(
     are the caller's: q and k are used as given.
 
     Args:
-        q, k: (b, h, n, d). v: (b, h, n, dv); dv may differ from d.
+        q, k: (b, h, n, d), or (b, 1, n, d) shared by all of v's heads (VSSD's B and C). v: (b, h, n, dv); dv may
+            differ from d.
         normalize: divide by ``q_i·Σ_j w_j k_j + eps``.
         eps: added to the denominator. Keep it >= 1e-6 for fp16/bf16 models (1e-15 underflows).
         cu_seqlens: int32 (num_seqs + 1,) cumulative lengths starting at 0 (flash-attn's convention) with q, k, v
             packed as (1, h, total, ·): each sequence attends only within itself (token-pruned or mixed-resolution
             batches).
-        weights: optional (b, h, n) weight per key token (default 1).
+        weights: optional (b, h, n) weight per key token (default 1), h being v's heads.
         backend: ``"reference"`` (quadratic form, the specification), ``"torch"`` (KV first, exportable),
             ``"triton"`` (fused GPU kernels) or None: triton on CUDA, torch on the CPU and under export.
         kv_scale: pre-scaling of the key-value sums, as FLatten / MLLA / MALA apply it: ``"mean"`` multiplies
@@ -63,6 +64,10 @@ def linear_attention(
     _check_inputs(q, k, v, cu_seqlens, weights, "linear_attention")
     weights = _scaled_weights(weights, kv_scale, q, cu_seqlens)
     impl = pick_backend("linear_attention", BACKENDS, backend, q.device)
+    if q.shape[1] != v.shape[1] and impl is BACKENDS["triton"]:
+        # The torch and reference paths broadcast a shared q/k head in their products (an exported Expand would keep
+        # the graph off NNAPI); the Triton kernels index one head per program, so they get expanded views.
+        q, k = q.expand(-1, v.shape[1], -1, -1), k.expand(-1, v.shape[1], -1, -1)
     return impl(q, k, v, normalize, eps, cu_seqlens, weights)
 
 
@@ -84,7 +89,7 @@ def additive_recurrence(
     Args as ``linear_attention`` (q, k (b, h, n, d), v (b, h, n, dv), ``cu_seqlens``); backends ``"reference"`` (the
     sequential recurrence) and ``"torch"`` (closed form; non-causal is exportable, causal is O(n²·d) memory).
     """
-    _check_inputs(q, k, v, cu_seqlens, None, "additive_recurrence")
+    _check_inputs(q, k, v, cu_seqlens, None, "additive_recurrence", shared_head=False)
     if backend is None or backend == "triton":  # no Triton kernel for it: the torch path everywhere
         backend = "torch"
     impl = pick_backend("additive_recurrence", RECURRENCE_BACKENDS, backend, q.device)
@@ -114,7 +119,7 @@ def _scaled_weights(weights: Tensor | None, kv_scale: float | str | None, q: Ten
     return weights * scale
 
 
-def _check_inputs(q, k, v, cu_seqlens, weights, op):
+def _check_inputs(q, k, v, cu_seqlens, weights, op, shared_head=True):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -123,14 +128,16 @@ def _check_inputs(q, k, v, cu_seqlens, weights, op):
             raise ValueError(f"{op}: {name} must be floating point, got {t.dtype}")
     if k.shape != q.shape:
         raise ValueError(f"{op}: k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
-    if v.shape[:-1] != q.shape[:-1]:
+    heads_ok = q.shape[1] == v.shape[1] or (shared_head and q.shape[1] == 1)
+    if (v.shape[0], v.shape[2]) != (q.shape[0], q.shape[2]) or not heads_ok:
+        shared = " (or any number when q has one head, shared)" if shared_head else ""
         raise ValueError(
-            f"{op}: v must be (batch, heads, tokens, dv) with q's first three sizes {tuple(q.shape[:-1])}, "
-            f"got {tuple(v.shape)}"
+            f"{op}: v must be (batch, heads, tokens, dv) with q's batch and tokens {q.shape[0], q.shape[2]} and q's "
+            f"{q.shape[1]} heads{shared}, got {tuple(v.shape)}"
         )
-    if weights is not None and tuple(weights.shape) != tuple(q.shape[:-1]):
+    if weights is not None and tuple(weights.shape) != tuple(v.shape[:-1]):
         raise ValueError(
-            f"{op}: weights must be (batch, heads, tokens) = {tuple(q.shape[:-1])}, got {tuple(weights.shape)}"
+            f"{op}: weights must be (batch, heads, tokens) = {tuple(v.shape[:-1])}, got {tuple(weights.shape)}"
         )
     if cu_seqlens is None:
         return

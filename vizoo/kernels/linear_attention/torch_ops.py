@@ -75,7 +75,7 @@ def linear_attention_torch(
         return _dense(q, k, v, normalize, eps, weights).to(q.dtype)
     packing = Packing(cu_seqlens, q.shape[-2])
     if packing.max_len == 0:
-        return q.new_zeros(*q.shape[:-1], v.shape[-1])
+        return q.new_zeros(v.shape)
     out = _dense(packing.pad(q), packing.pad(k), packing.pad(v), normalize, eps, packing.pad_weights(weights))
     return packing.unpad(out).to(q.dtype)
 

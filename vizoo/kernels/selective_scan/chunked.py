@@ -1,14 +1,15 @@
 """The selective scan in parallel form for PyTorch on any device: no Python loop over the sequence length.
 
 The recurrence ``h_t = a_t h_{t-1} + b_t`` (per channel and state, ``a_t = exp(Δ_t A)``) is solved by a blocked scan:
-the sequence is cut into chunks of ``CHUNK`` steps and every chunk is scanned by a loop over its ``CHUNK`` positions,
-run on all chunks at once. A first pass from a zero state gives each chunk's end state and total decay; the same
-recurrence one level up (over chunks, recursively) gives the true state entering each chunk; a second pass reruns the
-chunks from those states and reads the output out. Work stays O(L), the loop count O(CHUNK · log_CHUNK L), and no
-state is stored per position beyond what autograd keeps. A sequence is chunked by a free reshape
-to (..., chunks, CHUNK), and each step of the loops takes one position of every chunk (a strided slice). In ONNX that
-is one Split on the last axis. Chunking with a transpose instead cost onnxruntime a Transpose per scan and recursion
-level, and made vmamba_tiny_s1l8 about 30% slower there (about 20% slower in eager PyTorch).
+the sequence is cut into chunks of ``CHUNK`` steps (7 or 6 where that divides the length and saves the padding), and
+every chunk is scanned by a loop over its positions, run on all chunks at once. A first pass from a zero state gives
+each chunk's end state and total decay; the same recurrence one level up (over chunks, recursively) gives the true
+state entering each chunk; a second pass reruns the chunks from those states and reads the output out. Work stays
+O(L), the loop count O(CHUNK · log_CHUNK L), and no state is stored per position beyond what autograd keeps. A
+sequence is chunked by a free reshape to (..., chunks, size), and each step of the loops takes one position of every
+chunk (a strided slice). In ONNX that is one Split on the last axis. Chunking with a transpose instead cost
+onnxruntime a Transpose per scan and recursion level, and made vmamba_tiny_s1l8 about 30% slower there (about 20%
+slower in eager PyTorch).
 
 Numerics: decays enter only as products of factors ``exp(Δ_t A) <= 1`` (for ``A <= 0``) within a chunk or across
 chunk ends, never as ``exp`` of a cumulative sum, so nothing overflows. All arithmetic is fp32. Only elementwise ops,
@@ -33,16 +34,26 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     length = b.shape[-1]
     if length <= CHUNK:
         return torch.cat(_scan_steps(_steps(a), _steps(b)), dim=-1)
-    a, b = _steps(_to_chunks(a)), _steps(_to_chunks(b))
+    size = chunk_size(length)
+    a, b = _steps(_to_chunks(a, size)), _steps(_to_chunks(b, size))
     return _from_chunks(torch.cat(_scan_steps(a, b, _chunk_start_states(a, b)), dim=-1), length)
 
 
-def _to_chunks(x: torch.Tensor) -> torch.Tensor:
-    """(..., L) -> (..., ceil(L / CHUNK), CHUNK), zero-padded at the end."""
-    pad = -x.shape[-1] % CHUNK
+def chunk_size(length: int) -> int:
+    """The chunk size for a sequence of ``length``: CHUNK, or CHUNK - 1 or CHUNK - 2 where that divides the length.
+
+    A chunk size that divides the length saves the padding and the cut after the scan (vmamba_tiny_s1l8's 14 x 14 and
+    7 x 7 maps scan in chunks of 7).
+    """
+    return next((size for size in range(CHUNK, CHUNK - 3, -1) if length % size == 0), CHUNK)
+
+
+def _to_chunks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., L) -> (..., ceil(L / size), size), zero-padded at the end."""
+    pad = -x.shape[-1] % size
     if pad:
         x = _shift_in_zeros(x, pad, at_end=True)
-    return x.unflatten(-1, (x.shape[-1] // CHUNK, CHUNK))
+    return x.unflatten(-1, (x.shape[-1] // size, size))
 
 
 def _shift_in_zeros(x: torch.Tensor, count: int, at_end: bool) -> torch.Tensor:
@@ -55,7 +66,9 @@ def _shift_in_zeros(x: torch.Tensor, count: int, at_end: bool) -> torch.Tensor:
 
 
 def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
-    return x.flatten(-2)[..., :length]
+    """(..., chunks, size) -> (..., length): the padding cut off."""
+    x = x.flatten(-2)
+    return x if x.shape[-1] == length else x[..., :length]
 
 
 def _steps(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -124,14 +137,17 @@ def selective_scan_chunked(
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
         delta = softplus(delta)
-    # Every tensor stays at rank <= 5 (CoreML's limit): decays and inputs are (b, d, n, chunks, CHUNK), with B
+    # Every tensor stays at rank <= 5 (CoreML's limit): decays and inputs are (b, d, n, chunks, size), with B
     # broadcast over each group's d/g channels once, when the input term is formed. Shapes are spelled with
     # unflatten/flatten, never view(b, ...), so a symbolic batch size exports cleanly.
     # Padding steps have delta = 0, so a = 1 there and the state passes through unchanged.
-    a = _steps(torch.exp(_to_chunks(delta).unsqueeze(2) * A.float()[:, :, None, None]))  # (b, d, n, chunks, 1) each
+    size = chunk_size(length)
+    a = _steps(
+        torch.exp(_to_chunks(delta, size).unsqueeze(2) * A.float()[:, :, None, None])
+    )  # (b, d, n, chunks, 1) each
     dtu = (delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)  # (b, g, d/g, 1, l)
-    bx = _steps(_to_chunks((dtu * B.float().unsqueeze(2)).flatten(1, 2)))  # (b, d, n, chunks, 1) each
-    states = _scan_steps(a, bx, _chunk_start_states(a, bx))  # CHUNK x (b, d, n, chunks, 1)
+    bx = _steps(_to_chunks((dtu * B.float().unsqueeze(2)).flatten(1, 2), size))  # (b, d, n, chunks, 1) each
+    states = _scan_steps(a, bx, _chunk_start_states(a, bx))  # size x (b, d, n, chunks, 1)
     if n == 1:  # one product over all states: fewest nodes
         h = _from_chunks(torch.cat(states, dim=-1), length).squeeze(2).unflatten(1, (g, d // g))  # (b, g, d/g, l)
         y = (h * C.float()).flatten(1, 2)
@@ -139,10 +155,12 @@ def selective_scan_chunked(
         # The sum over the n states is n · mean: NNAPI has ReduceMean but no ReduceSum. C carries the factor n (exact
         # for a power of two, one rounding otherwise).
         ys = []
-        for h, c in zip(states, _steps(_to_chunks(C.float() * n))):  # h (b, d, n, chunks, 1), c (b, g, n, chunks, 1)
+        for h, c in zip(
+            states, _steps(_to_chunks(C.float() * n, size))
+        ):  # h (b, d, n, chunks, 1), c (b, g, n, chunks, 1)
             h_groups = h.flatten(-2).unflatten(1, (g, d // g))  # (b, g, d/g, n, chunks)
             ys.append((h_groups * c.flatten(-2).unsqueeze(2)).mean(3))
-        y = _from_chunks(torch.stack(ys, dim=-1), length).flatten(1, 2)  # (b, g, d/g, chunks, CHUNK) -> (b, d, l)
+        y = _from_chunks(torch.stack(ys, dim=-1), length).flatten(1, 2)  # (b, g, d/g, chunks, size) -> (b, d, l)
     if D is not None:
         y = torch.addcmul(y, D.float()[:, None], u32)
     if z is not None:

@@ -16,22 +16,21 @@ from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.selective_scan.chunked import linear_recurrence, softplus
 
 
-def _prepare(u, delta, A, B, delta_bias, delta_softplus):
-    """fp32 step sizes, (b, d, 1, l) Δ·u and (b, d, n, l) B repeated over each group's channels."""
-    d = u.shape[1]
+def _prepare(u, delta, delta_bias, delta_softplus):
+    """fp32 step sizes (b, d, l) and Δ·u (b, d, l)."""
     delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
         delta = softplus(delta)  # exports without Softplus/Greater/Where (mobile runtimes lack them)
-    B = B.float().repeat_interleave(d // B.shape[1], dim=1)
-    return delta, delta * u.float(), B
+    return delta, delta * u.float()
 
 
 def selective_scan_states_reference(u, delta, A, B, delta_bias=None, delta_softplus=False) -> torch.Tensor:
     """(b, d, n, l) states by a loop over time, in fp32, cast to u's dtype."""
-    delta, du, B = _prepare(u, delta, A, B, delta_bias, delta_softplus)
+    delta, du = _prepare(u, delta, delta_bias, delta_softplus)
     A = A.float()
+    B = B.float().repeat_interleave(u.shape[1] // B.shape[1], dim=1)  # (b, d, n, l)
     h = du.new_zeros(*u.shape[:2], A.shape[1])
     states = []
     for t in range(u.shape[-1]):
@@ -42,9 +41,12 @@ def selective_scan_states_reference(u, delta, A, B, delta_bias=None, delta_softp
 
 def selective_scan_states_torch(u, delta, A, B, delta_bias=None, delta_softplus=False) -> torch.Tensor:
     """(b, d, n, l) states by the blocked parallel scan, in fp32, cast to u's dtype."""
-    delta, du, B = _prepare(u, delta, A, B, delta_bias, delta_softplus)
+    delta, du = _prepare(u, delta, delta_bias, delta_softplus)
+    d, g = u.shape[1], B.shape[1]
     decay = torch.exp(delta.unsqueeze(2) * A.float()[None, :, :, None])  # (b, d, n, l)
-    return linear_recurrence(decay, du.unsqueeze(2) * B).to(u.dtype)
+    # B reaches each group's d/g channels by broadcasting (repeat_interleave exports an Expand, which NNAPI lacks)
+    inputs = (du.unflatten(1, (g, d // g)).unsqueeze(3) * B.float().unsqueeze(2)).flatten(1, 2)  # (b, d, n, l)
+    return linear_recurrence(decay, inputs).to(u.dtype)
 
 
 STATES_BACKENDS = {
