@@ -168,7 +168,9 @@ def test_bad_inputs_say_what_is_wrong(change, message):
         selective_scan(**kwargs)
 
 
-@pytest.mark.parametrize("length,size", [(3136, 8), (196, 7), (49, 7), (42, 7), (30, 6), (25, 5), (130, 5), (131, 8), (37, 8)])
+@pytest.mark.parametrize(
+    "length,size", [(3136, 8), (196, 7), (49, 7), (42, 7), (30, 6), (25, 5), (130, 5), (131, 8), (37, 8)]
+)
 def test_chunk_size_divides_the_length_where_it_can(length, size):
     from vizoo.kernels.selective_scan.chunked import chunk_size
 
