@@ -109,6 +109,15 @@ def _chunk_start_states(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
     return _shift_in_zeros(carried[..., :-1], 1, at_end=False).unsqueeze(-1)
 
 
+def input_term(du: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Δ·u (b, d, l) times B (b, g, n, l), each group's B broadcast over its d/g channels: (b, d, n, l).
+
+    Broadcast, not repeated: ``repeat_interleave`` exports an Expand, which NNAPI lacks. Ranks stay <= 5 (CoreML).
+    """
+    d, g = du.shape[1], B.shape[1]
+    return (du.unflatten(1, (g, d // g)).unsqueeze(3) * B.unsqueeze(2)).flatten(1, 2)
+
+
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + exp(x)) as ``relu(x) + log(1 + exp(x - 2 relu(x)))`` (the exp argument is -|x| <= 0): stable for any x.
 
@@ -146,12 +155,10 @@ def selective_scan_chunked(
     # unflatten/flatten, never view(b, ...), so a symbolic batch size exports cleanly.
     # Padding steps have delta = 0, so a = 1 there and the state passes through unchanged.
     size = chunk_size(length)
-    a = _steps(
-        torch.exp(_to_chunks(delta, size).unsqueeze(2) * A.float()[:, :, None, None])
-    )  # (b, d, n, chunks, 1) each
-    dtu = (delta * u32).unflatten(1, (g, d // g)).unsqueeze(3)  # (b, g, d/g, 1, l)
+    decays = torch.exp(_to_chunks(delta, size).unsqueeze(2) * A.float()[:, :, None, None])
+    a = _steps(decays)  # (b, d, n, chunks, 1) each
     # padded before the product: padding the n-times larger product cost vim_tiny 5% of its onnxruntime time
-    inputs = (_pad_to_chunks(dtu, size) * _pad_to_chunks(B.float(), size).unsqueeze(2)).flatten(1, 2)
+    inputs = input_term(_pad_to_chunks(delta * u32, size), _pad_to_chunks(B.float(), size))
     bx = _steps(inputs.unflatten(-1, (-1, size)))  # (b, d, n, chunks, 1) each
     states = _scan_steps(a, bx, _chunk_start_states(a, bx))  # size x (b, d, n, chunks, 1)
     if n == 1:  # one product over all states: fewest nodes
@@ -161,9 +168,8 @@ def selective_scan_chunked(
         # The sum over the n states is n · mean: NNAPI has ReduceMean but no ReduceSum. C carries the factor n (exact
         # for a power of two, one rounding otherwise).
         ys = []
-        for h, c in zip(
-            states, _steps(_to_chunks(C.float() * n, size))
-        ):  # h (b, d, n, chunks, 1), c (b, g, n, chunks, 1)
+        c_steps = _steps(_to_chunks(C.float() * n, size))  # (b, g, n, chunks, 1) each
+        for h, c in zip(states, c_steps):  # h (b, d, n, chunks, 1)
             h_groups = h.flatten(-2).unflatten(1, (g, d // g))  # (b, g, d/g, n, chunks)
             ys.append((h_groups * c.flatten(-2).unsqueeze(2)).mean(3))
         y = _from_chunks(torch.stack(ys, dim=-1), length).flatten(1, 2)  # (b, g, d/g, chunks, size) -> (b, d, l)
