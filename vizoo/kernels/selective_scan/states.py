@@ -13,7 +13,7 @@ import torch
 
 from vizoo.kernels.backend import pick_backend
 from vizoo.kernels.counting import record_kernel_macs
-from vizoo.kernels.selective_scan.chunked import input_term, linear_recurrence, softplus
+from vizoo.kernels.selective_scan.chunked import linear_recurrence, softplus
 
 
 def _prepare(u, delta, delta_bias, delta_softplus):
@@ -42,8 +42,11 @@ def selective_scan_states_reference(u, delta, A, B, delta_bias=None, delta_softp
 def selective_scan_states_torch(u, delta, A, B, delta_bias=None, delta_softplus=False) -> torch.Tensor:
     """(b, d, n, l) states by the blocked parallel scan, in fp32, cast to u's dtype."""
     delta, du = _prepare(u, delta, delta_bias, delta_softplus)
+    g = B.shape[1]
     decay = torch.exp(delta.unsqueeze(2) * A.float()[None, :, :, None])  # (b, d, n, l)
-    return linear_recurrence(decay, input_term(du, B.float())).to(u.dtype)
+    # Δ·u times each group's B, broadcast over the group's d/g channels (no repeat: NNAPI lacks Expand)
+    inputs = (du.unflatten(1, (g, -1)).unsqueeze(3) * B.float().unsqueeze(2)).flatten(1, 2)  # (b, d, n, l)
+    return linear_recurrence(decay, inputs, dim=3).to(u.dtype)
 
 
 STATES_BACKENDS = {
