@@ -133,14 +133,14 @@ def selective_scan_chunked(
     # Ranks stay <= 5 (CoreML's limit). Padding steps have delta = 0, so a = 1 there and the state passes through.
     size = chunk_size(length)
     if n == 1:  # channel-first: steps (b, g, d/g, chunks, 1), the sequence at dim 3
-        dim, A = 3, A.float().unflatten(0, (g, -1)).unsqueeze(-1)  # (g, d/g, 1, 1)
+        dim, A_steps = 3, A.float().unflatten(0, (g, -1)).unsqueeze(-1)  # (g, d/g, 1, 1)
         sequence = partial(torch.unflatten, dim=1, sizes=(g, -1))  # (b, d, L) -> (b, g, d/g, L)
         B_steps = _steps(B.float(), size, dim)  # (b, g, 1, chunks, 1)
     else:  # channel-last: steps (b, chunks, n, g, d/g), the sequence at dim 1
-        dim, A = 1, A.float().t().unflatten(1, (g, -1))  # (n, g, d/g)
-        sequence = partial(channel_sequence, g=g)  # (b, d, L) -> (b, L, g, d/g)
-        B_steps = state_steps(B.float(), size)  # (b, chunks, n, g, 1)
-    a = [torch.exp(dt * A) for dt in _steps(sequence(delta), size, dim)]
+        dim, A_steps = 1, A.float().t().unflatten(1, (g, -1))  # (n, g, d/g)
+        sequence = partial(_channel_last, g=g)  # (b, d, L) -> (b, L, g, d/g)
+        B_steps = _state_steps(B.float(), size)  # (b, chunks, n, g, 1)
+    a = [torch.exp(dt * A_steps) for dt in _steps(sequence(delta), size, dim)]
     bx = [du * B_t for du, B_t in zip(_steps(sequence(delta * u32), size, dim), B_steps)]
     states = _scan_steps(a, bx, _chunk_start_states(a, bx, dim))
     if n == 1:  # one product over all states: fewest nodes
@@ -151,7 +151,7 @@ def selective_scan_chunked(
     else:  # a product per step, so the states times C are never stored whole (30% less eager time at n = 16)
         # The sum over the n states is n · mean: NNAPI has ReduceMean but no ReduceSum. C carries the factor n (exact
         # for a power of two, one rounding otherwise).
-        ys = [(h * c).mean(2, keepdim=True) for h, c in zip(states, state_steps(C.float() * n, size))]
+        ys = [(h * c).mean(2, keepdim=True) for h, c in zip(states, _state_steps(C.float() * n, size))]
         y = _from_chunks(torch.cat(ys, dim=2), length, dim).flatten(2).transpose(1, 2)  # (b, L, g, d/g) -> (b, d, L)
         last_state = states[-1][:, -1].permute(0, 2, 3, 1).flatten(1, 2)  # (b, n, g, d/g) -> (b, d, n)
     if D is not None:
@@ -164,11 +164,11 @@ def selective_scan_chunked(
     return y
 
 
-def channel_sequence(x: torch.Tensor, g: int) -> torch.Tensor:
+def _channel_last(x: torch.Tensor, g: int) -> torch.Tensor:
     """(b, d, L) -> channel-last (b, L, g, d/g) in g groups; one 2-D Transpose in ONNX."""
     return x.transpose(1, 2).unflatten(-1, (g, -1))
 
 
-def state_steps(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+def _state_steps(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     """B or C (b, g, n, L) -> ``size`` steps (b, chunks, n, g, 1) that broadcast over each group's channels."""
     return [step.movedim(2, -1) for step in _steps(x.permute(0, 3, 2, 1), size, 1)]
