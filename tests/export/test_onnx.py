@@ -157,8 +157,28 @@ def test_primitive_layernorm_is_exact():
     torch.testing.assert_close(PrimitiveLayerNorm(norm2d, channel_dim=1)(x), norm2d(x), rtol=1e-5, atol=1e-5)
 
 
-NNAPI_LACKS = {"Erf", "LayerNormalization", "Softplus", "Greater", "Where", "ReduceSum", "Reciprocal", "Expand", "Sign"}
-MOBILE_WHOLE_ON_NNAPI = ["test_vmamba", "test_mala", "test_mlla", "test_vssd", "test_spatial_mamba"]
+NNAPI_LACKS = {
+    "Erf", "LayerNormalization", "Softplus", "Greater", "Where", "ReduceSum", "Reciprocal", "Expand", "Sign",
+    "ReduceL2", "ConvTranspose", "CastLike",
+}  # fmt: skip
+MOBILE_WHOLE_ON_NNAPI = [
+    "test_vmamba", "test_mala", "test_mlla", "test_vssd", "test_spatial_mamba", "test_pvt_v2_ecoformer",
+    "test_mobilemamba",
+]  # fmt: skip
+
+
+def clip_bounds(path) -> list[tuple[float | None, float | None]]:
+    """(min, max) of every Clip node in the ONNX file (None where the bound is absent)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(path).graph
+    constants = {t.name: numpy_helper.to_array(t).item() for t in graph.initializer if t.dims in ([], [1])}
+    return [
+        tuple(constants.get(name) if name else None for name in (list(node.input[1:]) + ["", ""])[:2])
+        for node in graph.node
+        if node.op_type == "Clip"
+    ]
 
 
 @pytest.mark.parametrize("name", MOBILE_WHOLE_ON_NNAPI)
@@ -169,6 +189,8 @@ def test_mobile_graph_runs_whole_on_nnapi(tmp_path, name):
     result = export_onnx(model, tmp_path / "mobile.onnx", dynamic_batch=False, mobile=True)
     assert result.max_abs_diff <= 5e-3
     assert not set(result.op_counts) & NNAPI_LACKS, result.op_counts
+    # onnxruntime's NNAPI EP maps Clip to ReLU6 or ReLU1 only, which the usability checker does not check
+    assert set(clip_bounds(result.path)) <= {(0.0, 6.0), (-1.0, 1.0)}, clip_bounds(result.path)
     report = mobile_usability(result.path)
     assert report["NNAPI"]["nodes"] == report["NNAPI"]["total"] and report["NNAPI"]["partitions"] == 1, report
     if name == "test_vmamba":
@@ -176,6 +198,28 @@ def test_mobile_graph_runs_whole_on_nnapi(tmp_path, name):
         blocks = sum(len(stage.blocks) for stage in model.stages)
         coreml = report["CoreML MLProgram"]
         assert coreml["total"] - coreml["nodes"] == blocks and coreml["partitions"] <= blocks + 1
+
+
+def test_msvmamba_mobile_graph_leaves_nnapi_only_its_resizes(tmp_path):
+    """The checker counts MSVMamba's upsampling Resize nodes as dynamic-shape: their roi and scales inputs are empty,
+    as ONNX allows when sizes are given, and the checker reads an empty input as one of unknown shape. onnxruntime's
+    NNAPI EP takes a 4-D Resize with constant sizes in linear half_pixel mode (Android API 30+). Every other node is
+    taken."""
+    import onnx
+    from onnx import numpy_helper
+
+    result = export_onnx(
+        timm.create_model("test_msvmamba").eval(), tmp_path / "m.onnx", dynamic_batch=False, mobile=True
+    )
+    graph = onnx.load(result.path).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    resizes = [node for node in graph.node if node.op_type == "Resize"]
+    report = mobile_usability(result.path)["NNAPI"]
+    assert report["total"] - report["nodes"] == len(resizes) > 0, report
+    for node in resizes:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["mode"] == b"linear" and attributes["coordinate_transformation_mode"] == b"half_pixel"
+        assert list(node.input[1:3]) == ["", ""] and initializers[node.input[3]].shape == (4,)
 
 
 def test_eager_and_onnx_latencies_are_each_measured(tmp_path):

@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vizoo.layers.ecoformer import EcoFormerAttention, KernelizedHashing, SimilarityTarget, hashed_attention
+from vizoo.layers.ecoformer import (
+    EcoFormerAttention,
+    KernelizedHashing,
+    SimilarityTarget,
+    _sign,
+    hashed_attention,
+    l2_normalize,
+)
 
 
 def random_codes(*shape):
@@ -117,6 +124,15 @@ def test_codes_are_signs_with_a_clipped_straight_through_gradient():
     (g,) = torch.autograd.grad(codes, x, grad)
     (g_ref,) = torch.autograd.grad(z, x, grad * (z.abs() < 1))
     torch.testing.assert_close(g, g_ref)
+
+
+def test_export_friendly_sign_and_normalisation_match_torch():
+    """Sign as a Div by max(|z|, tiny) and the l2 normalisation from a ReduceMean (NNAPI lacks Sign, ReduceL2)."""
+    z = torch.cat([torch.randn(1000) * 10.0 ** torch.randint(-30, 30, (1000,)), torch.zeros(3)])
+    assert torch.equal(_sign(z), torch.sign(z))
+    x = torch.randn(2, 3, 17, 8) * 5
+    x[0, 0, 0] = 0.0
+    torch.testing.assert_close(l2_normalize(x), F.normalize(x, dim=-1))
 
 
 def test_fitted_codes_keep_neighbours_close_and_beat_the_starting_projection():

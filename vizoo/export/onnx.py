@@ -114,6 +114,7 @@ def export_onnx(
         import onnxslim
 
         onnxscript.optimizer.fold_constants(program.model)
+        _drop_same_type_castlike(program.model)
         onnx_ir.passes.common.RemoveUnusedNodesPass()(program.model)
         onnx_model = onnxslim.slim(program.model_proto)
     else:
@@ -128,6 +129,23 @@ def export_onnx(
         images = sample_images(shape, model, count=4 if dynamic_batch else 1)
         result.max_abs_diff = max_abs_diff(output, model, images)
     return result
+
+
+def _drop_same_type_castlike(model) -> None:
+    """Bypass CastLike nodes that cast a constant to the type it already has (torch's exported
+    scaled_dot_product_attention scales by one). Constant folding keeps them, as the target is not a constant, and
+    NNAPI and CoreML lack CastLike."""
+    import onnx_ir
+
+    if not any(node.op_type == "CastLike" for node in model.graph):
+        return
+    onnx_ir.passes.common.ShapeInferencePass()(model)  # types the values torch's decompositions leave untyped
+    for node in list(model.graph):
+        if node.op_type != "CastLike":
+            continue
+        source, like = node.inputs
+        if source.const_value is not None and source.dtype is not None and source.dtype == like.dtype:
+            onnx_ir.convenience.replace_all_uses_with(node.outputs[0], source)
 
 
 def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = None, count: int = 4) -> torch.Tensor:

@@ -19,16 +19,28 @@ import torch.nn.functional as F
 from vizoo.kernels.backend import is_exporting
 from vizoo.kernels.linear_attention import linear_attention
 
-__all__ = ["EcoFormerAttention", "KernelizedHashing", "hashed_attention"]
+__all__ = ["EcoFormerAttention", "KernelizedHashing", "hashed_attention", "l2_normalize"]
+
+
+def _sign(z: torch.Tensor) -> torch.Tensor:
+    """sign(z) as ``z / max(|z|, tiny)``: exactly ±1 or 0 for every normal float, and in ONNX an Abs, Max and Div,
+    which NNAPI runs (it lacks Sign)."""
+    return z / torch.maximum(z.abs(), z.new_tensor(torch.finfo(z.dtype).tiny))
 
 
 def _sign_with_clipped_gradient(z: torch.Tensor) -> torch.Tensor:
     """sign(z) forward; the gradient passes where |z| < 1 and is 0 elsewhere (a straight-through estimator). Without
-    autograd (inference, export) it is a plain Sign."""
+    autograd (inference, export) it is the plain sign."""
     if not (torch.is_grad_enabled() and z.requires_grad):
-        return torch.sign(z)
+        return _sign(z)
     clipped = z.clamp(-1.0, 1.0)
-    return clipped + (torch.sign(z) - clipped).detach()
+    return clipped + (_sign(z) - clipped).detach()
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=-1)`` (up to 1e-24 under the root) from ReduceMean, Sqrt and Div: NNAPI lacks the
+    ReduceL2 and Expand that ``F.normalize`` exports, and takes Clip only as ReLU1/ReLU6."""
+    return x / torch.sqrt(x.shape[-1] * x.pow(2).mean(-1, keepdim=True) + 1e-24)
 
 
 class KernelizedHashing(nn.Module):
@@ -80,9 +92,9 @@ class KernelizedHashing(nn.Module):
         x = x.float()
         anchors = self.anchors.float()
         x_sq = x.shape[-1] * x.pow(2).mean(-1, keepdim=True)  # ‖x‖² as d · mean (NNAPI has no ReduceSum)
-        sq_dist = (x_sq + anchors.pow(2).sum(-1)[:, None, :] - 2.0 * x @ anchors.transpose(-1, -2)).clamp_min(0.0)
+        sq_dist = torch.relu(x_sq + anchors.pow(2).sum(-1)[:, None, :] - 2.0 * x @ anchors.transpose(-1, -2))
         sigma = sq_dist.mean(dim=(-1, -2), keepdim=True)
-        return torch.exp(-sq_dist / (2.0 * sigma)) - self.kernel_mean[:, None, :]
+        return torch.exp(sq_dist / (-2.0 * sigma)) - self.kernel_mean[:, None, :]  # no Neg: CoreML lacks it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.kernel(x) @ self.projection.float().transpose(-1, -2)
@@ -263,7 +275,7 @@ class EcoFormerAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, feat_size: list[int] | None = None) -> torch.Tensor:
         b, n, c = x.shape
-        qk = F.normalize(self.to_qk(x).reshape(b, n, self.num_heads, -1).transpose(1, 2), dim=-1)
+        qk = l2_normalize(self.to_qk(x).reshape(b, n, self.num_heads, -1).transpose(1, 2))
         v = self.to_v(x).reshape(b, n, self.num_heads, -1).transpose(1, 2)
         if not is_exporting():
             self._fit_or_warn(qk)

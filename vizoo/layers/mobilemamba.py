@@ -70,8 +70,16 @@ def haar_dwt(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
 
 
 def haar_iwt(bands: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``haar_dwt``: (B, 4C, h, w) -> (B, C, 2h, 2w)."""
-    return F.conv_transpose2d(bands, filters, stride=2, groups=filters.shape[0] // 4)
+    """Inverse of ``haar_dwt``: (B, 4C, h, w) -> (B, C, 2h, 2w).
+
+    The stride-2 transposed conv, written as a grouped 1x1 conv that gives each channel's four sub-pixels (2i + j)
+    and a rank-5 interleave: NNAPI lacks ConvTranspose, and CoreML takes no tensor above rank 5.
+    """
+    b, _, h, w = bands.shape
+    c = filters.shape[0] // 4
+    subpixel_weight = filters.view(c, 4, 4).transpose(1, 2).reshape(4 * c, 4, 1, 1)  # [4c + 2i + j, band k]
+    subpixels = F.conv2d(bands, subpixel_weight, groups=c)
+    return subpixels.view(b * c, 2, 2, h, w).permute(0, 3, 1, 4, 2).reshape(b, c, 2 * h, 2 * w)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
