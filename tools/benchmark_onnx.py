@@ -10,6 +10,8 @@ python tools/benchmark_onnx.py vanilla_vmamba_tiny   # any vizoo/timm model name
 python tools/benchmark_onnx.py --parity-only '*'     # parity of every registered model (fnmatch patterns work)
 python tools/benchmark_onnx.py --mobile cas_vit_xs    # also the share of nodes NNAPI / CoreML take, default and
                                                       # `--mobile` graphs (onnxruntime's mobile usability checker)
+python tools/benchmark_onnx.py --int8 cas_vit_xs      # also int8 (dynamic; static QDQ calibrated on 4 photos)
+                                                      # against fp32 onnxruntime, on 4 other photos
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 
 import vizoo
-from vizoo.export import eager_vs_onnx_ms, export_onnx, input_shape, mobile_usability
+from vizoo.export import (
+    eager_vs_onnx_ms,
+    export_onnx,
+    input_shape,
+    mobile_usability,
+    onnx_latencies_ms,
+    quantize_int8,
+    run_onnx,
+)
 from vizoo.export.onnx import sample_images
 
 
@@ -34,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of 6 eager passes then 6 ORT passes")
     parser.add_argument(
         "--mobile", action="store_true", help="also check NNAPI / CoreML coverage of the default and --mobile graphs"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also int8 against fp32 onnxruntime: latency, and error on held-out photos"
     )
     parser.add_argument("--parity-only", action="store_true", help="export and check parity, skip the latencies")
     parser.add_argument("--perturb", type=float, default=0.02, help="std of the noise added to every parameter")
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<22} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",
                 flush=True,
             )
+            if args.int8 and not args.parity_only:
+                compare_int8(result.path, model, shape, Path(tmp), args.rounds)
             if args.mobile:
                 mobile = export_onnx(
                     model, Path(tmp) / f"{name}.mobile.onnx", dynamic_batch=False, mobile=True, check=False
@@ -83,6 +99,34 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {graph:<8} graph: {coverage}", flush=True)
     print(f"{len(names)} models; parity above {args.tolerance:g}: {', '.join(failed) or 'none'}", flush=True)
     return 1 if failed else 0
+
+
+def compare_int8(path: Path, model: torch.nn.Module, shape: tuple[int, int, int], tmp: Path, rounds: int) -> None:
+    """Print int8 (dynamic, and static QDQ calibrated on 4 photos) against the fp32 graph at ``path``: onnxruntime
+    latencies in alternating blocks, and on 4 other photos the largest output change relative to the largest fp32
+    output and how often the top-1 class stays the same."""
+    photos = sample_images(shape, model, count=8)
+    calibration, held_out = photos[:4], photos[4:]
+    variants = {
+        "int8 dynamic": quantize_int8(path, tmp / f"{path.stem}.dynamic.onnx"),
+        "int8 static QDQ": quantize_int8(path, tmp / f"{path.stem}.qdq.onnx", calibration),
+    }
+    fp32_ms, *int8_ms = onnx_latencies_ms([path, *variants.values()], torch.randn(1, *shape), rounds=rounds)
+    reference = _run_one_by_one(path, held_out)
+    for (label, q_path), ms in zip(variants.items(), int8_ms):
+        outputs = _run_one_by_one(q_path, held_out)
+        change = np.abs(outputs - reference).max() / np.abs(reference).max()
+        same_top1 = int((outputs.argmax(-1) == reference.argmax(-1)).sum())
+        print(
+            f"  {label:<15} {ms:>7.1f} ms = {ms / fp32_ms:.2f}x fp32 ORT ({fp32_ms:.1f} ms); held-out photos: "
+            f"max change {change:.1%} of max |out|, top-1 kept {same_top1}/{len(held_out)}",
+            flush=True,
+        )
+
+
+def _run_one_by_one(path: Path, images: torch.Tensor) -> np.ndarray:
+    """Outputs of a fixed-batch-1 ONNX model on each image."""
+    return np.concatenate([run_onnx(path, image[None]) for image in images])
 
 
 def perturb_weights(model: torch.nn.Module, std: float, seed: int = 0) -> torch.nn.Module:

@@ -2,6 +2,7 @@
 and tools/benchmark_onnx.py."""
 
 import importlib.util
+import re
 import time
 from pathlib import Path
 
@@ -169,7 +170,6 @@ MOBILE_WHOLE_ON_NNAPI = [
 
 def clip_bounds(path) -> list[tuple[float | None, float | None]]:
     """(min, max) of every Clip node in the ONNX file (None where the bound is absent)."""
-    import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(path).graph
@@ -205,7 +205,6 @@ def test_msvmamba_mobile_graph_leaves_nnapi_only_its_resizes(tmp_path):
     as ONNX allows when sizes are given, and the checker reads an empty input as one of unknown shape. onnxruntime's
     NNAPI EP takes a 4-D Resize with constant sizes in linear half_pixel mode (Android API 30+). Every other node is
     taken."""
-    import onnx
     from onnx import numpy_helper
 
     result = export_onnx(
@@ -262,3 +261,17 @@ def test_benchmark_tool_reports_parity_and_refuses_unknown_names(capsys):
     with pytest.raises(SystemExit):
         tool.main(["no_such_model*"])
     assert "no vizoo or timm model matches 'no_such_model*'" in capsys.readouterr().err
+
+
+def test_benchmark_tool_compares_int8_with_fp32(capsys):
+    """--int8: both int8 graphs are timed against fp32 onnxruntime and stay close to it on held-out photos."""
+    tool_path = Path(__file__).parents[2] / "tools" / "benchmark_onnx.py"
+    spec = importlib.util.spec_from_file_location("benchmark_onnx", tool_path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--rounds", "1", "--int8", "test_cas_vit"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("int8")]
+    assert [row.split()[1] for row in rows] == ["dynamic", "static"]
+    for row in rows:
+        m = re.search(r"([\d.]+) ms = ([\d.]+)x fp32 ORT \(([\d.]+) ms\).* max change ([\d.]+)% .* kept (\d)/4", row)
+        assert m and float(m[1]) > 0 and float(m[3]) > 0 and float(m[4]) < 25, row

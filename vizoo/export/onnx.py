@@ -169,19 +169,10 @@ def _onnx_runner(path: str | os.PathLike, x: torch.Tensor):
     return lambda: session.run(None, feed)
 
 
-def onnx_latency_ms(path: str | os.PathLike, x: torch.Tensor, runs: int = 50, warmup: int = 5) -> float:
-    """Median milliseconds of one onnxruntime CPU run on ``x``."""
-    import time
-
-    run = _onnx_runner(path, x)
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+def onnx_latencies_ms(paths: list[str | os.PathLike], x: torch.Tensor, rounds: int = 4, passes: int = 6) -> list[float]:
+    """Median milliseconds of onnxruntime (CPU) on ``x`` for each ONNX model, measured in alternating blocks (as
+    ``eager_vs_onnx_ms``), e.g. an fp32 model and its int8 versions."""
+    return _interleaved_medians_ms([_onnx_runner(path, x) for path in paths], rounds, passes)
 
 
 def eager_vs_onnx_ms(
@@ -193,20 +184,25 @@ def eager_vs_onnx_ms(
     shared or noisy and their ratio stays comparable when the absolute figures drift. The first pass of each block is
     not timed: after a run, a runtime's worker threads may spin for a while and slow the other's first pass.
     """
+    with torch.inference_mode():
+        eager_ms, onnx_ms = _interleaved_medians_ms([lambda: model(x), _onnx_runner(path, x)], rounds, passes)
+    return eager_ms, onnx_ms
+
+
+def _interleaved_medians_ms(runners: list, rounds: int, passes: int) -> list[float]:
+    """Per runner, the median milliseconds of its timed passes: each round gives every runner in turn one untimed
+    pass and ``passes - 1`` timed ones."""
     import time
 
-    runners = (lambda: model(x), _onnx_runner(path, x))
-    times: tuple[list[float], list[float]] = ([], [])
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for run, series in zip(runners, times):
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(rounds):
+        for run, series in zip(runners, times):
+            run()
+            for _ in range(passes - 1):
+                start = time.perf_counter()
                 run()
-                for _ in range(passes - 1):
-                    start = time.perf_counter()
-                    run()
-                    series.append(time.perf_counter() - start)
-    eager_ms, onnx_ms = (1e3 * float(np.median(series)) for series in times)
-    return eager_ms, onnx_ms
+                series.append(time.perf_counter() - start)
+    return [1e3 * float(np.median(series)) for series in times]
 
 
 def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
