@@ -241,11 +241,18 @@ def test_eager_and_onnx_latencies_are_each_measured(tmp_path):
     assert eager_ms >= 30 and 0 < onnx_ms < 10
 
 
-def test_benchmark_tool_reports_parity_and_refuses_unknown_names(capsys):
-    tool_path = Path(__file__).parents[2] / "tools" / "benchmark_onnx.py"
-    spec = importlib.util.spec_from_file_location("benchmark_onnx", tool_path)
+@pytest.fixture(scope="module")
+def tool():
+    """tools/benchmark_onnx.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_onnx", Path(__file__).parents[2] / "tools" / "benchmark_onnx.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_benchmark_tool_reports_parity_and_refuses_unknown_names(tool, capsys):
     assert tool.main(["--rounds", "1", "test_vmam*"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test_vmamba "))
     nodes, parity, output_size, eager_ms, ort_ms, ratio = row.split()[2:]
@@ -263,12 +270,8 @@ def test_benchmark_tool_reports_parity_and_refuses_unknown_names(capsys):
     assert "no vizoo or timm model matches 'no_such_model*'" in capsys.readouterr().err
 
 
-def test_benchmark_tool_compares_int8_with_fp32(capsys):
+def test_benchmark_tool_compares_int8_with_fp32(tool, capsys):
     """--int8: both int8 graphs are timed against fp32 onnxruntime and stay close to it on held-out photos."""
-    tool_path = Path(__file__).parents[2] / "tools" / "benchmark_onnx.py"
-    spec = importlib.util.spec_from_file_location("benchmark_onnx", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     assert tool.main(["--rounds", "1", "--int8", "test_cas_vit"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("int8")]
     assert [row.split()[1] for row in rows] == ["dynamic", "static"]

@@ -37,10 +37,15 @@ def _sign_with_clipped_gradient(z: torch.Tensor) -> torch.Tensor:
     return clipped + (_sign(z) - clipped).detach()
 
 
+def _squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖² over the last dim, kept, as d · mean(x²): NNAPI has ReduceMean but no ReduceSum."""
+    return x.shape[-1] * x.pow(2).mean(-1, keepdim=True)
+
+
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """``F.normalize(x, dim=-1)`` (up to 1e-24 under the root) from ReduceMean, Sqrt and Div: NNAPI lacks the
     ReduceL2 and Expand that ``F.normalize`` exports, and takes Clip only as ReLU1/ReLU6."""
-    return x / torch.sqrt(x.shape[-1] * x.pow(2).mean(-1, keepdim=True) + 1e-24)
+    return x / torch.sqrt(_squared_norm(x) + 1e-24)
 
 
 class KernelizedHashing(nn.Module):
@@ -91,8 +96,8 @@ class KernelizedHashing(nn.Module):
         """Gaussian kernel of x (B, H, N, d) against the anchors, centred by μ: (B, H, N, m), fp32."""
         x = x.float()
         anchors = self.anchors.float()
-        x_sq = x.shape[-1] * x.pow(2).mean(-1, keepdim=True)  # ‖x‖² as d · mean (NNAPI has no ReduceSum)
-        sq_dist = torch.relu(x_sq + anchors.pow(2).sum(-1)[:, None, :] - 2.0 * x @ anchors.transpose(-1, -2))
+        anchors_sq = anchors.pow(2).sum(-1)[:, None, :]  # a constant in ONNX
+        sq_dist = torch.relu(_squared_norm(x) + anchors_sq - 2.0 * x @ anchors.transpose(-1, -2))
         sigma = sq_dist.mean(dim=(-1, -2), keepdim=True)
         return torch.exp(sq_dist / (-2.0 * sigma)) - self.kernel_mean[:, None, :]  # no Neg: CoreML lacks it
 

@@ -144,9 +144,8 @@ def selective_scan_chunked(
     bx = [du * B_t for du, B_t in zip(_steps(sequence(delta * u32), size, dim), B_steps)]
     states = _scan_steps(a, bx, _chunk_start_states(a, bx, dim))
     if n == 1:  # one product over all states: fewest nodes
-        y = (_from_chunks(torch.cat(states, dim=4), length, dim) * C.float()).flatten(
-            1, 2
-        )  # (b, g, d/g, L) -> (b, d, L)
+        h = _from_chunks(torch.cat(states, dim=4), length, dim)  # (b, g, d/g, L)
+        y = (h * C.float()).flatten(1, 2)  # (b, d, L)
         last_state = states[-1][..., -1, :].flatten(1, 2)  # (b, g, d/g, 1) -> (b, d, 1)
     else:  # a product per step, so the states times C are never stored whole (30% less eager time at n = 16)
         # The sum over the n states is n · mean: NNAPI has ReduceMean but no ReduceSum. C carries the factor n (exact
