@@ -91,7 +91,7 @@ def scan_inputs(n: int, dtype: torch.dtype, device: str = "cuda") -> dict[str, t
 
 
 def fused_inputs(n: int, dtype: torch.dtype, device: str = "cuda") -> dict[str, torch.Tensor]:
-    """cross_selective_scan as SS2D calls it: x a channel-last map seen as (b, d, h, w); route-ordered delta, B, C."""
+    """cross_selective_scan inputs: x a channel-last map seen as (b, d, h, w); route-ordered full-rank delta, B, C."""
     s = scan_inputs(n, dtype, device)
     x = torch.randn(BATCH, SIDE, SIDE, D, device=device, dtype=dtype).permute(0, 3, 1, 2)
     return dict(

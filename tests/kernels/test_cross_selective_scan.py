@@ -43,11 +43,44 @@ def short_chunks(monkeypatch):
     monkeypatch.setattr(tri, "chunk_length", lambda n: 16)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 1), (2, 4, 6, 6, 16), (1, 2, 1, 9, 2)])
+# n = 1 runs step-major in chunks of the largest common divisor of h and w up to 8 (1 for 5 x 7, 2 for 6 x 4, 3 for
+# 9 x 6, 7 for 14 x 7, 8 for 8 x 16); n > 1 runs in route order.
+TORCH_SHAPES = [(1, 3, 5, 7, 1), (1, 3, 6, 4, 1), (2, 4, 9, 6, 1), (1, 5, 14, 7, 1), (1, 2, 8, 16, 1)]
+TORCH_SHAPES += [(2, 4, 6, 6, 16), (1, 2, 1, 9, 2)]
+
+
+@pytest.mark.parametrize("shape", TORCH_SHAPES)
 @pytest.mark.parametrize("channel_last, out_cf", [(False, True), (True, False)])
 def test_torch_path_matches_reference(shape, channel_last, out_cf):
     inputs = make_inputs(*shape, channel_last=channel_last)
     assert_all_close(run_with_grads("torch", inputs, out_cf), run_with_grads("reference", inputs, out_cf), 1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 14, 7, 1), (2, 4, 6, 6, 16)])
+def test_low_rank_delta_matches_full_delta(short_chunks, device, shape):
+    """``delta_proj @ delta`` inside the op (SS2D's step-size projection) equals passing the projected delta, values
+    and gradients, on every backend; the torch path projects after its own reordering."""
+    x, _, A, B, C, D, bias = make_inputs(*shape, device=device)
+    b, d, h, w, _ = shape
+    low_rank, proj = torch.randn(b, 4, 3, h * w, device=device), torch.randn(4, d, 3, device=device) * 0.5
+    for backend in ("torch", "reference", "triton"):
+        got, want = [], []
+        for out, use_proj in ((got, True), (want, False)):
+            leaves = [t.clone().requires_grad_(True) for t in (x, low_rank, proj)]
+            delta = leaves[1] if use_proj else torch.matmul(leaves[2], leaves[1])
+            kwargs = dict(delta_proj=leaves[2]) if use_proj else {}
+            y = cross_selective_scan(leaves[0], delta, A, B, C, D, bias, True, backend=backend, **kwargs)
+            y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y))
+            out += [y] + [t.grad for t in leaves]
+        assert_all_close(got, want, 1e-4)
+
+
+def test_torch_path_bf16():
+    """bf16 in and out of the step-major path (n = 1, 14 x 7 in chunks of 7), batch 1, fp32 arithmetic inside."""
+    inputs = make_inputs(1, 3, 14, 7, 1, dtype=torch.bfloat16)
+    got = run_with_grads("torch", inputs)
+    assert got[0].dtype == torch.bfloat16
+    assert_all_close(got, run_with_grads("reference", [t.float() for t in inputs]), 6e-2)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +200,10 @@ def test_route_order_and_bad_shapes():
     x, delta, A, B, C, D, bias = make_inputs(1, 2, 3, 4, 2)
     with pytest.raises(ValueError, match=r"delta must have shape \(1, 4, 2, 12\)"):
         cross_selective_scan(x, delta[:, :, :, :5], A, B, C)
+    with pytest.raises(ValueError, match=r"delta must have shape \(1, 4, 3, 12\)"):  # rank 3 from delta_proj
+        cross_selective_scan(x, delta, A, B, C, delta_proj=torch.randn(4, 2, 3))
+    with pytest.raises(ValueError, match=r"delta_proj must have shape \(4, 2, 3\)"):
+        cross_selective_scan(x, delta[:, :, :1].expand(-1, -1, 3, -1), A, B, C, delta_proj=torch.randn(4, 5, 3))
     with pytest.raises(ValueError, match="route_order: expected"):
         route_order(maps[:, :3])
 

@@ -110,7 +110,6 @@ class SS2D(nn.Module):
         x_dbl = torch.matmul(self.x_proj_weight, x.flatten(2).unsqueeze(1))  # (4, c, d) @ (b, 1, d, l) -> (b, 4, c, l)
         x_dbl = route_order(x_dbl.unflatten(-1, (h, w)), backend=self.scan_backend)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
         return cross_selective_scan(
             x,
             dts,
@@ -121,6 +120,7 @@ class SS2D(nn.Module):
             delta_bias=self.dt_projs_bias.flatten().float(),
             delta_softplus=True,
             out_channel_first=False,
+            delta_proj=self.dt_projs_weight,
             backend=self.scan_backend,
         )
 

@@ -38,6 +38,7 @@ def cross_selective_scan(
     out_channel_first: bool = True,
     out_fp32: bool = False,
     backend: str | None = None,
+    delta_proj: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scan a map along VMamba's four routes, one selective scan per route, and sum the routes back onto the map.
 
@@ -47,30 +48,36 @@ def cross_selective_scan(
 
     Args:
         x: (b, d, h, w) map, any strides (pass ``x.permute(0, 3, 1, 2)`` for channel-last data).
-        delta: (b, 4, d, h·w) step sizes of each route, in route order (step t of route k at ``[:, k, :, t]``).
+        delta: (b, 4, d, h·w) step sizes of each route, in route order (step t of route k at ``[:, k, :, t]``);
+            with ``delta_proj``, (b, 4, r, h·w) low-rank step inputs, projected to d channels by it.
         A: (4·d, n), n <= 64 for Triton. D, delta_bias: optional (4·d,).
         B, C: (b, 4, n, h·w) each route's B and C, in route order.
         out_channel_first: return (b, d, h·w) if True, else (b, h·w, d).
         out_fp32: return fp32 whatever x's dtype.
-        backend: "reference", "torch" (the three torch kernels composed), "triton" (one fused kernel) or None.
+        backend: "reference", "torch" (step-major scan for n = 1, see ``torch_ops``), "triton" (one fused kernel) or
+            None.
+        delta_proj: optional (4, d, r) per-route step-size projection (SS2D's ``dt_projs_weight``): the step sizes
+            are ``delta_proj @ delta``. The torch path projects after putting the rank-r inputs in its own order.
 
     Returns:
         The merged map in x's dtype (fp32 with ``out_fp32``).
     """
-    _check_inputs(x, delta, A, B, C, D, delta_bias)
+    _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj)
     impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device)
     b, d, h, w = x.shape
     record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, A.shape[1], D is not None))
-    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first)
+    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
 
 
-def _check_inputs(x, delta, A, B, C, D, delta_bias) -> None:
+def _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj) -> None:
     if x.dim() != 4:
         raise ValueError(f"cross_selective_scan: x must be (batch, channels, height, width), got {tuple(x.shape)}")
     b, d, h, w = x.shape
     n = A.shape[-1]
+    rank = delta_proj.shape[-1] if delta_proj is not None and delta_proj.dim() == 3 else d
     expected = {
-        "delta": (delta, (b, NUM_ROUTES, d, h * w)),
+        "delta_proj": (delta_proj, (NUM_ROUTES, d, rank)),
+        "delta": (delta, (b, NUM_ROUTES, rank, h * w)),
         "A": (A, (NUM_ROUTES * d, n)),
         "B": (B, (b, NUM_ROUTES, n, h * w)),
         "C": (C, (b, NUM_ROUTES, n, h * w)),

@@ -1,12 +1,32 @@
-"""The fused cross-selective-scan as the torch kernels composed: exportable, any device."""
+"""The fused cross-selective-scan in torch: exportable, any device.
+
+With d_state n = 1 (VMamba v2 and its successors) the four routes are scanned in *step-major* order. Every route is
+cut into chunks of ``s`` consecutive steps, ``s`` a divisor of both map sides, so a chunk of a row route stays in one
+row and a chunk of a column route in one column. Step-major order lists step 0 of every chunk, then step 1, and so on:
+the chunked scan's step ``t`` is then one contiguous block, and so is its output. The layout is channel-last,
+(b, 4, s, chunks, d), so the step-major reorderings move whole pixels:
+
+- a row route in step-major order is the channel-last map seen as (h, w/s, s) and permuted to (s, h, w/s); a column
+  route is (h/s, s, w) permuted to (s, w, h/s);
+- a reversed route in step-major order is its forward route's step-major sequence reversed (step t of chunk c of the
+  reversed route is step s-1-t of chunk chunks-1-c of the forward one);
+- step sizes enter low-rank: the route-ordered rank-r step inputs are reordered, then projected to the d channels.
+
+Against route order (the selective scan's steps strided views of (b, 4·d, chunks, s), the routes made and summed by
+``cross_scan`` / ``cross_merge``), this made vmamba_tiny_s1l8 9% faster in eager PyTorch (219 -> 199 ms) and 3-7%
+faster in onnxruntime (three A/B runs of the two exported graphs: 127 -> 122, 132 -> 128, 158 -> 146 ms) on a 2-core
+CPU. With n > 1 the three torch kernels are composed in route order (the steps' states would need a sixth dim).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
 from vizoo.kernels.cross_scan.torch_ops import cross_merge_torch, cross_scan_torch
-from vizoo.kernels.selective_scan.chunked import selective_scan_chunked
+from vizoo.kernels.selective_scan.chunked import CHUNK, linear_recurrence, scan_steps, selective_scan_chunked, softplus
 
 
 def cross_selective_scan_torch(
@@ -20,9 +40,95 @@ def cross_selective_scan_torch(
     delta_softplus: bool = False,
     out_fp32: bool = False,
     out_channel_first: bool = True,
+    delta_proj: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as ``cross_selective_scan_reference``."""
+    if A.shape[1] == 1:
+        return _step_major_scan(
+            x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj
+        )
     d, h, w = x.shape[1:]
+    if delta_proj is not None:
+        delta = torch.matmul(delta_proj, delta)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
     xs = cross_scan_torch(x.float() if out_fp32 else x)  # (b, 4, d, l)
     ys = selective_scan_chunked(xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, delta_softplus)
     return cross_merge_torch(ys.unflatten(1, (NUM_ROUTES, d)).unflatten(-1, (h, w)), out_channel_first)
+
+
+def steps_per_chunk(height: int, width: int) -> int:
+    """The chunk length ``s`` of the step-major scan: the largest divisor of both map sides up to ``CHUNK``."""
+    common = math.gcd(height, width)
+    return next(size for size in range(CHUNK, 0, -1) if common % size == 0)
+
+
+def _step_major_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj):
+    """The n = 1 scan in step-major channel-last layout (see the module docstring); returns the merged map."""
+    b, d, h, w = x.shape
+    s = steps_per_chunk(h, w)
+    u = _routes_step_major(x.float().permute(0, 2, 3, 1), s)  # (b, 4, l, d)
+    delta = _route_order_to_step_major(delta.float(), s)
+    if delta_proj is not None:
+        delta = torch.matmul(delta, delta_proj.float().transpose(1, 2))  # (b, 4, l, r) @ (4, r, d) -> (b, 4, l, d)
+    if delta_bias is not None:
+        delta = delta + delta_bias.float().view(NUM_ROUTES, 1, d)
+    if delta_softplus:
+        delta = softplus(delta)
+    A_routes = A.float().view(NUM_ROUTES, 1, 1, d)
+    a = [torch.exp(dt * A_routes) for dt in _steps(delta, s)]
+    B_steps = _steps(_route_order_to_step_major(B.float(), s), s)
+    bx = [du * B_t for du, B_t in zip(_steps(delta * u, s), B_steps)]
+    if s == 1:  # chunks of one step: the recurrence over chunks is the whole scan
+        states = [_over_chunks(a[0], bx[0])]
+    else:
+        states = scan_steps(a, bx, _chunk_start_states(a, bx))
+    C_steps = _steps(_route_order_to_step_major(C.float(), s), s)
+    y = torch.cat([h_t * C_t for h_t, C_t in zip(states, C_steps)], dim=2).flatten(2, 3)  # (b, 4, l, d)
+    if D is not None:
+        y = torch.addcmul(y, D.float().view(NUM_ROUTES, 1, d), u)
+    y = _merge_step_major(y, h, w, s)  # (b, l, d)
+    y = y if out_fp32 else y.to(x.dtype)
+    return y.transpose(1, 2) if out_channel_first else y
+
+
+def _route_order_to_step_major(t: torch.Tensor, s: int) -> torch.Tensor:
+    """Route-ordered (b, 4, c, l) -> step-major channel-last (b, 4, l, c), for the small per-route inputs."""
+    return t.unflatten(-1, (-1, s)).permute(0, 1, 4, 3, 2).flatten(2, 3)
+
+
+def _steps(t: torch.Tensor, s: int) -> tuple[torch.Tensor, ...]:
+    """Step-major (b, 4, l, c) -> ``s`` contiguous steps (b, 4, 1, chunks, c); one Split in ONNX."""
+    return t.unflatten(2, (s, -1)).split(1, dim=2)
+
+
+def _chunk_start_states(a: list[torch.Tensor], bx: list[torch.Tensor]) -> torch.Tensor:
+    """The state entering every chunk, (b, 4, 1, chunks, d), from the steps (b, 4, 1, chunks, d) of a and b·x."""
+    h, decay = bx[0], a[0]
+    for a_t, bx_t in zip(a[1:], bx[1:]):
+        h = torch.addcmul(bx_t, a_t, h)
+        decay = decay * a_t
+    carried = _over_chunks(decay, h)
+    return torch.cat([torch.zeros_like(carried[:, :, :, :1]), carried[:, :, :, :-1]], dim=3)
+
+
+def _over_chunks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``h_c = a_c h_(c-1) + b_c`` along the chunks of (b, 4, 1, chunks, d) steps, run on rank-3 views."""
+    return linear_recurrence(a.flatten(0, 2), b.flatten(0, 2), dim=1).view(b.shape)
+
+
+def _routes_step_major(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Channel-last map (b, h, w, c) -> (b, 4, h·w, c): the four cross routes, each in step-major order."""
+    b, h, w, c = x.shape
+    rows = x.reshape(b, h, w // s, s, c).permute(0, 3, 1, 2, 4).reshape(b, h * w, c)
+    cols = x.reshape(b, h // s, s, w, c).permute(0, 2, 3, 1, 4).reshape(b, h * w, c)
+    forward = torch.stack([rows, cols], dim=1)
+    return torch.cat([forward, forward.flip(2)], dim=1)
+
+
+def _merge_step_major(y: torch.Tensor, h: int, w: int, s: int) -> torch.Tensor:
+    """The adjoint of ``_routes_step_major``: (b, 4, h·w, c) -> (b, h·w, c), every route put back and summed."""
+    b, _, _, c = y.shape
+    forward, reverse = y.split(2, dim=1)
+    rows, cols = (forward + reverse.flip(2)).unbind(1)
+    rows = rows.reshape(b, s, h, w // s, c).permute(0, 2, 3, 1, 4).reshape(b, h * w, c)
+    cols = cols.reshape(b, s, w, h // s, c).permute(0, 3, 1, 2, 4).reshape(b, h * w, c)
+    return rows + cols

@@ -103,9 +103,13 @@ def cross_selective_scan_triton(
     delta_softplus: bool = False,
     out_fp32: bool = False,
     out_channel_first: bool = True,
+    delta_proj: Tensor | None = None,
 ) -> Tensor:
-    """Same contract as ``cross_selective_scan_reference``; one kernel each way, fp32 accumulation."""
+    """Same contract as ``cross_selective_scan_reference``; one kernel each way, fp32 accumulation (a low-rank
+    delta is projected to its d channels first)."""
     n = A.shape[1]
+    if delta_proj is not None:
+        delta = torch.matmul(delta_proj, delta)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
     if not 1 <= n <= MAX_D_STATE:
         raise ValueError(f"cross_selective_scan (triton): d_state must be in 1..{MAX_D_STATE}, got {n}")
     save = needs_states(x, delta, A, B, C, D, delta_bias)

@@ -40,10 +40,10 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor, dim: int = 1) -> torch.T
     a, b = torch.broadcast_tensors(a, b)
     length = b.shape[dim]
     if length <= CHUNK:
-        return torch.cat(_scan_steps(a.split(1, dim), b.split(1, dim)), dim=dim)
+        return torch.cat(scan_steps(a.split(1, dim), b.split(1, dim)), dim=dim)
     size = chunk_size(length)
     a, b = _steps(a, size, dim), _steps(b, size, dim)  # (..., chunks, 1, ...) each
-    return _from_chunks(torch.cat(_scan_steps(a, b, _chunk_start_states(a, b, dim)), dim=dim + 1), length, dim)
+    return _from_chunks(torch.cat(scan_steps(a, b, _chunk_start_states(a, b, dim)), dim=dim + 1), length, dim)
 
 
 def chunk_size(length: int) -> int:
@@ -73,7 +73,7 @@ def _from_chunks(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return x if x.shape[dim] == length else x.narrow(dim, 0, length)
 
 
-def _scan_steps(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], h: torch.Tensor | None = None) -> list:
+def scan_steps(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], h: torch.Tensor | None = None) -> list:
     """The states of ``h_t = a_t h_{t-1} + b_t`` over the step views ``a[t]``, ``b[t]``, from ``h`` (zero if None)."""
     states = []
     for a_t, b_t in zip(a, b):
@@ -142,7 +142,7 @@ def selective_scan_chunked(
         B_steps = _state_steps(B.float(), size)  # (b, chunks, n, g, 1)
     a = [torch.exp(dt * A_steps) for dt in _steps(sequence(delta), size, dim)]
     bx = [du * B_t for du, B_t in zip(_steps(sequence(delta * u32), size, dim), B_steps)]
-    states = _scan_steps(a, bx, _chunk_start_states(a, bx, dim))
+    states = scan_steps(a, bx, _chunk_start_states(a, bx, dim))
     if n == 1:  # one product over all states: fewest nodes
         h = _from_chunks(torch.cat(states, dim=4), length, dim)  # (b, g, d/g, L)
         y = (h * C.float()).flatten(1, 2)  # (b, d, L)
