@@ -175,3 +175,18 @@ def test_chunk_size_divides_the_length_where_it_can(length, size):
     from vizoo.kernels.selective_scan.chunked import chunk_size
 
     assert chunk_size(length) == size
+
+
+def test_softplus_matches_torch_for_any_input():
+    """The export-friendly softplus against float64 ``F.softplus``: values to 1e-6 absolute from -1e4 to 1e4 (finite at
+    +-1e30), gradients to 1e-6, including sigmoid(0) = 1/2 at 0 where ``abs`` alone would give 0."""
+    from vizoo.kernels.selective_scan.chunked import softplus
+
+    x = torch.cat([torch.linspace(-60, 60, 24001), torch.tensor([-1e4, -100.0, 0.0, 100.0, 1e4])]).requires_grad_(True)
+    y = softplus(x)
+    y.sum().backward()
+    want = torch.nn.functional.softplus(x.detach().double())
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), torch.sigmoid(x.detach().double()), rtol=0, atol=1e-6)
+    assert x.grad[x.detach() == 0].item() == 0.5
+    assert torch.isfinite(softplus(torch.tensor([-1e30, 1e30]))).all()

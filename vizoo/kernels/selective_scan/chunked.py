@@ -100,13 +100,17 @@ def _chunk_start_states(a: list[torch.Tensor], b: list[torch.Tensor], dim: int) 
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + exp(x)) as ``relu(x) + log(1 + exp(x - 2 relu(x)))`` (the exp argument is -|x| <= 0): stable for any x.
+    """log(1 + exp(x)) as ``relu(x) - log(sigmoid(|x|))``: stable for any x (the sigmoid is in [1/2, 1]).
 
-    In ONNX this is Relu/Mul/Sub/Exp/Add/Log, which NNAPI runs (it lacks Softplus, and torch's thresholded softplus
+    |x| is formed as ``2 relu(x) - x`` so that the gradient at 0 is sigmoid(0) = 1/2 (``abs`` has gradient 0 there).
+    Absolute error <= 6e-7 against float64; below about x = -17 the result is 0 rather than exp(x) < 4e-8. Against
+    ``relu(x) + log1p(exp(-|x|))`` this made vmamba_tiny_s1l8 12% faster in eager PyTorch (175 -> 154 ms in one A/B
+    run; torch's CPU log1p is slow), with onnxruntime unchanged (where log1p is Add + Log anyway).
+    In ONNX this is Relu/Mul/Sub/Sigmoid/Log, which NNAPI runs (it lacks Softplus, and torch's thresholded softplus
     adds Greater/Where nodes that neither NNAPI nor CoreML runs); CoreML MLProgram then lacks only the Log.
     """
     relu = torch.relu(x)
-    return relu + torch.log1p(torch.exp(x - 2 * relu))
+    return relu - torch.log(torch.sigmoid(2 * relu - x))
 
 
 def selective_scan_chunked(
