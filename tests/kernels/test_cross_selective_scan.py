@@ -75,6 +75,16 @@ def test_low_rank_delta_matches_full_delta(short_chunks, device, shape):
         assert_all_close(got, want, 1e-4)
 
 
+def test_one_pixel_map_gives_every_input_a_gradient():
+    """On a 1 x 1 map A cannot change the output; its gradient is zero rather than missing (DDP needs every
+    parameter in the graph)."""
+    inputs = make_inputs(1, 3, 1, 1, 1)
+    grads = run_with_grads("torch", inputs)[1:]
+    assert all(g is not None for g in grads)
+    assert grads[2].abs().max() == 0
+    assert_all_close(run_with_grads("torch", inputs), run_with_grads("reference", inputs), 1e-4)
+
+
 def test_torch_path_bf16():
     """bf16 in and out of the step-major path (n = 1, 14 x 7 in chunks of 7), batch 1, fp32 arithmetic inside."""
     inputs = make_inputs(1, 3, 14, 7, 1, dtype=torch.bfloat16)

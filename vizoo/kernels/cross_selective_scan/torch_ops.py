@@ -77,10 +77,9 @@ def _step_major_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32,
     a = [torch.exp(dt * A_routes) for dt in _steps(delta, s)]
     B_steps = _steps(_route_order_to_step_major(B.float(), s), s)
     bx = [du * B_t for du, B_t in zip(_steps(delta * u, s), B_steps)]
-    if s == 1:  # chunks of one step: the recurrence over chunks is the whole scan
-        states = [_over_chunks(a[0], bx[0])]
-    else:
-        states = scan_steps(a, bx, _chunk_start_states(a, bx))
+    # With s = 1 the recurrence over chunks is already the whole scan, but the second pass keeps A in the graph when
+    # nothing else does (a 1 x 1 map: A cannot change the output, and DDP wants a zero gradient, not none).
+    states = scan_steps(a, bx, _chunk_start_states(a, bx))
     C_steps = _steps(_route_order_to_step_major(C.float(), s), s)
     y = torch.cat([h_t * C_t for h_t, C_t in zip(states, C_steps)], dim=2).flatten(2, 3)  # (b, 4, l, d)
     if D is not None:
@@ -106,13 +105,8 @@ def _chunk_start_states(a: list[torch.Tensor], bx: list[torch.Tensor]) -> torch.
     for a_t, bx_t in zip(a[1:], bx[1:]):
         h = torch.addcmul(bx_t, a_t, h)
         decay = decay * a_t
-    carried = _over_chunks(decay, h)
+    carried = linear_recurrence(decay.flatten(0, 2), h.flatten(0, 2), dim=1).view(h.shape)  # over chunks, rank 3
     return torch.cat([torch.zeros_like(carried[:, :, :, :1]), carried[:, :, :, :-1]], dim=3)
-
-
-def _over_chunks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``h_c = a_c h_(c-1) + b_c`` along the chunks of (b, 4, 1, chunks, d) steps, run on rank-3 views."""
-    return linear_recurrence(a.flatten(0, 2), b.flatten(0, 2), dim=1).view(b.shape)
 
 
 def _routes_step_major(x: torch.Tensor, s: int) -> torch.Tensor:
