@@ -63,7 +63,7 @@ def steps_per_chunk(height: int, width: int) -> int:
 
 def _step_major_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj):
     """The n = 1 scan in step-major channel-last layout (see the module docstring); returns the merged map."""
-    b, d, h, w = x.shape
+    d, h, w = x.shape[1:]
     s = steps_per_chunk(h, w)
     u = _routes_step_major(x.float().permute(0, 2, 3, 1), s)  # (b, 4, l, d)
     delta = _route_order_to_step_major(delta.float(), s)
