@@ -23,8 +23,12 @@ def cross_selective_scan_reference(
 ) -> torch.Tensor:
     """cross_scan(x), selective_scan over the 4·d route channels, cross_merge; shapes as ``cross_selective_scan``."""
     d, h, w = x.shape[1:]
-    if delta_proj is not None:
-        delta = torch.matmul(delta_proj, delta)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
+    delta = full_rank_delta(delta, delta_proj)
     xs = cross_scan_reference(x.float() if out_fp32 else x)  # (b, 4, d, l)
     ys = selective_scan_reference(xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, delta_softplus)
     return cross_merge_reference(ys.unflatten(1, (NUM_ROUTES, d)).unflatten(-1, (h, w)), out_channel_first)
+
+
+def full_rank_delta(delta: torch.Tensor, delta_proj: torch.Tensor | None) -> torch.Tensor:
+    """Route-ordered step sizes (b, 4, d, l): ``delta_proj @ delta`` for low-rank (b, 4, r, l) input, else ``delta``."""
+    return delta if delta_proj is None else torch.matmul(delta_proj, delta)  # (4, d, r) @ (b, 4, r, l)

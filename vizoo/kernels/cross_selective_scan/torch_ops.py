@@ -26,7 +26,8 @@ import torch
 
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
 from vizoo.kernels.cross_scan.torch_ops import cross_merge_torch, cross_scan_torch
-from vizoo.kernels.selective_scan.chunked import CHUNK, linear_recurrence, scan_steps, selective_scan_chunked, softplus
+from vizoo.kernels.cross_selective_scan.reference import full_rank_delta
+from vizoo.kernels.selective_scan.chunked import CHUNK, chunk_start_states, scan_steps, selective_scan_chunked, softplus
 
 
 def cross_selective_scan_torch(
@@ -48,8 +49,7 @@ def cross_selective_scan_torch(
             x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj
         )
     d, h, w = x.shape[1:]
-    if delta_proj is not None:
-        delta = torch.matmul(delta_proj, delta)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
+    delta = full_rank_delta(delta, delta_proj)
     xs = cross_scan_torch(x.float() if out_fp32 else x)  # (b, 4, d, l)
     ys = selective_scan_chunked(xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, delta_softplus)
     return cross_merge_torch(ys.unflatten(1, (NUM_ROUTES, d)).unflatten(-1, (h, w)), out_channel_first)
@@ -79,7 +79,7 @@ def _step_major_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32,
     bx = [du * B_t for du, B_t in zip(_steps(delta * u, s), B_steps)]
     # With s = 1 the recurrence over chunks is already the whole scan, but the second pass keeps A in the graph when
     # nothing else does (a 1 x 1 map: A cannot change the output, and DDP wants a zero gradient, not none).
-    states = scan_steps(a, bx, _chunk_start_states(a, bx))
+    states = scan_steps(a, bx, chunk_start_states(a, bx, dim=3))
     C_steps = _steps(_route_order_to_step_major(C.float(), s), s)
     y = torch.cat([h_t * C_t for h_t, C_t in zip(states, C_steps)], dim=2).flatten(2, 3)  # (b, 4, l, d)
     if D is not None:
@@ -97,16 +97,6 @@ def _route_order_to_step_major(t: torch.Tensor, s: int) -> torch.Tensor:
 def _steps(t: torch.Tensor, s: int) -> tuple[torch.Tensor, ...]:
     """Step-major (b, 4, l, c) -> ``s`` contiguous steps (b, 4, 1, chunks, c); one Split in ONNX."""
     return t.unflatten(2, (s, -1)).split(1, dim=2)
-
-
-def _chunk_start_states(a: list[torch.Tensor], bx: list[torch.Tensor]) -> torch.Tensor:
-    """The state entering every chunk, (b, 4, 1, chunks, d), from the steps (b, 4, 1, chunks, d) of a and b·x."""
-    h, decay = bx[0], a[0]
-    for a_t, bx_t in zip(a[1:], bx[1:]):
-        h = torch.addcmul(bx_t, a_t, h)
-        decay = decay * a_t
-    carried = linear_recurrence(decay.flatten(0, 2), h.flatten(0, 2), dim=1).view(h.shape)  # over chunks, rank 3
-    return torch.cat([torch.zeros_like(carried[:, :, :, :1]), carried[:, :, :, :-1]], dim=3)
 
 
 def _routes_step_major(x: torch.Tensor, s: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ import triton
 from torch import Tensor
 
 from vizoo.kernels.cross_scan.triton import _map_view
+from vizoo.kernels.cross_selective_scan.reference import full_rank_delta
 from vizoo.kernels.selective_scan import triton as scan_kernels
 from vizoo.kernels.selective_scan.triton import MAX_D_STATE, fake_grads, needs_states, scan_backward, scan_forward
 
@@ -108,8 +109,7 @@ def cross_selective_scan_triton(
     """Same contract as ``cross_selective_scan_reference``; one kernel each way, fp32 accumulation (a low-rank
     delta is projected to its d channels first)."""
     n = A.shape[1]
-    if delta_proj is not None:
-        delta = torch.matmul(delta_proj, delta)  # (4, d, r) @ (b, 4, r, l) -> (b, 4, d, l)
+    delta = full_rank_delta(delta, delta_proj)
     if not 1 <= n <= MAX_D_STATE:
         raise ValueError(f"cross_selective_scan (triton): d_state must be in 1..{MAX_D_STATE}, got {n}")
     save = needs_states(x, delta, A, B, C, D, delta_bias)

@@ -43,7 +43,7 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor, dim: int = 1) -> torch.T
         return torch.cat(scan_steps(a.split(1, dim), b.split(1, dim)), dim=dim)
     size = chunk_size(length)
     a, b = _steps(a, size, dim), _steps(b, size, dim)  # (..., chunks, 1, ...) each
-    return _from_chunks(torch.cat(scan_steps(a, b, _chunk_start_states(a, b, dim)), dim=dim + 1), length, dim)
+    return _from_chunks(torch.cat(scan_steps(a, b, chunk_start_states(a, b, dim)), dim=dim + 1), length, dim)
 
 
 def chunk_size(length: int) -> int:
@@ -82,21 +82,26 @@ def scan_steps(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], h: torc
     return states
 
 
-def _chunk_start_states(a: list[torch.Tensor], b: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """The true state entering every chunk, shaped like a step (chunks at ``dim``), from the steps ``a[t]``, ``b[t]``.
+def chunk_start_states(a: list[torch.Tensor], b: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """The true state entering every chunk, shaped like a step (chunks at ``dim`` >= 1), from the steps ``a[t]``,
+    ``b[t]``.
 
     Each chunk scanned from a zero state gives its end state and total decay; the recurrence over chunks (one level
-    up, recursively) then carries the states across chunk ends. It runs on (..., chunks, features), or on
-    (..., chunks) where only the size-1 step dim follows, so ranks stay <= 5.
+    up, recursively) then carries the states across chunk ends. It runs on rank-3 views (leading dims, chunks,
+    features), so ranks stay <= 5 whatever the steps' layout.
     """
     h, decay = b[0], a[0]
     for t in range(1, len(b)):
         h = torch.addcmul(b[t], a[t], h)
         decay = decay * a[t]
-    start = dim if h.shape[dim + 1 :].numel() == 1 else dim + 1
-    carried = linear_recurrence(decay.flatten(start), h.flatten(start), dim).unflatten(start, h.shape[start:])
+    carried = linear_recurrence(_rank3(decay, dim), _rank3(h, dim), dim=1).reshape(h.shape)
     chunks = carried.shape[dim]
     return torch.cat([torch.zeros_like(carried.narrow(dim, 0, 1)), carried.narrow(dim, 0, chunks - 1)], dim=dim)
+
+
+def _rank3(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., chunks, ...) with chunks at ``dim`` -> (leading, chunks, features)."""
+    return x.flatten(0, dim - 1).flatten(2)
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +151,7 @@ def selective_scan_chunked(
         B_steps = _state_steps(B.float(), size)  # (b, chunks, n, g, 1)
     a = [torch.exp(dt * A_steps) for dt in _steps(sequence(delta), size, dim)]
     bx = [du * B_t for du, B_t in zip(_steps(sequence(delta * u32), size, dim), B_steps)]
-    states = scan_steps(a, bx, _chunk_start_states(a, bx, dim))
+    states = scan_steps(a, bx, chunk_start_states(a, bx, dim))
     if n == 1:  # one product over all states: fewest nodes
         h = _from_chunks(torch.cat(states, dim=4), length, dim)  # (b, g, d/g, L)
         y = (h * C.float()).flatten(1, 2)  # (b, d, L)
