@@ -109,6 +109,34 @@ def test_vmamba_tiny_graph_size(tmp_path):
     assert result.max_abs_diff <= 1e-4
 
 
+def test_onnxruntime_keeps_the_route_transposes_block_moves(tmp_path):
+    """The SS2D map's move to channel-last and the routes' step-major Transposes stay apart in onnxruntime's optimized
+    graph (``keep_block_transposes``): no Transpose of rank 5 there moves the innermost axis, where the merged one
+    would copy value by value."""
+    import onnxruntime as ort
+
+    result = export_onnx("test_vmamba", tmp_path / "v.onnx", dynamic_batch=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(result.path, options, providers=["CPUExecutionProvider"])
+    perms = [
+        list(attribute.ints)
+        for node in onnx.load(options.optimized_model_filepath).graph.node
+        if node.op_type == "Transpose"
+        for attribute in node.attribute
+        if attribute.name == "perm"
+    ]
+    blocks = sum(len(stage.blocks) for stage in timm.create_model("test_vmamba").stages)
+    routes = [perm for perm in perms if perm in ([0, 3, 1, 2, 4], [0, 2, 3, 1, 4])]  # rows, columns; pixels move whole
+    assert len(routes) >= 2 * blocks, perms
+    assert not [perm for perm in perms if len(perm) == 5 and perm[-1] == 1], (
+        perms
+    )  # no channel-first map read per value
+    assert result.op_counts["Flatten"] == blocks
+    assert result.max_abs_diff <= 1e-4
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
