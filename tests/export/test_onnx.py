@@ -4,6 +4,7 @@ and tools/benchmark_onnx.py."""
 import importlib.util
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -109,20 +110,29 @@ def test_vmamba_tiny_graph_size(tmp_path):
     assert result.max_abs_diff <= 1e-4
 
 
-def test_onnxruntime_keeps_the_route_transposes_block_moves(tmp_path):
-    """The SS2D map's move to channel-last and the routes' step-major Transposes stay apart in onnxruntime's optimized
-    graph (``keep_block_transposes``): no Transpose of rank 5 there moves the innermost axis, where the merged one
-    would copy value by value."""
+@pytest.fixture(scope="module")
+def vmamba_in_onnxruntime(tmp_path_factory):
+    """test_vmamba exported at a fixed size, and the graph onnxruntime makes of it (basic and extended fusions):
+    (ExportResult, optimized ModelProto)."""
     import onnxruntime as ort
 
-    result = export_onnx("test_vmamba", tmp_path / "v.onnx", dynamic_batch=False)
+    folder = tmp_path_factory.mktemp("optimized")
+    result = export_onnx("test_vmamba", folder / "v.onnx", dynamic_batch=False)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
     ort.InferenceSession(result.path, options, providers=["CPUExecutionProvider"])
+    return result, onnx.load(options.optimized_model_filepath)
+
+
+def test_onnxruntime_keeps_the_route_transposes_block_moves(vmamba_in_onnxruntime):
+    """The SS2D map's move to channel-last and the routes' step-major Transposes stay apart in onnxruntime's optimized
+    graph (``keep_block_transposes``): no Transpose of rank 5 there moves the channel axis of a channel-first map to
+    the innermost place, which copies value by value."""
+    result, optimized = vmamba_in_onnxruntime
     perms = [
         list(attribute.ints)
-        for node in onnx.load(options.optimized_model_filepath).graph.node
+        for node in optimized.graph.node
         if node.op_type == "Transpose"
         for attribute in node.attribute
         if attribute.name == "perm"
@@ -130,11 +140,16 @@ def test_onnxruntime_keeps_the_route_transposes_block_moves(tmp_path):
     blocks = sum(len(stage.blocks) for stage in timm.create_model("test_vmamba").stages)
     routes = [perm for perm in perms if perm in ([0, 3, 1, 2, 4], [0, 2, 3, 1, 4])]  # rows, columns; pixels move whole
     assert len(routes) >= 2 * blocks, perms
-    assert not [perm for perm in perms if len(perm) == 5 and perm[-1] == 1], (
-        perms
-    )  # no channel-first map read per value
+    assert not [perm for perm in perms if len(perm) == 5 and perm[-1] == 1], perms
     assert result.op_counts["Flatten"] == blocks
     assert result.max_abs_diff <= 1e-4
+
+
+def test_onnxruntime_fuses_every_exact_gelu(vmamba_in_onnxruntime):
+    """``order_gelu_for_fusion``: each MLP's exact GELU becomes one fused Gelu node in onnxruntime."""
+    result, optimized = vmamba_in_onnxruntime
+    ops = Counter(node.op_type for node in optimized.graph.node)
+    assert result.op_counts["Erf"] > 0 and ops["Erf"] == 0 and ops["Gelu"] == result.op_counts["Erf"], ops
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ onnxslim. Opset 17 or newer, so LayerNormalization is one native node.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
@@ -117,6 +118,7 @@ def export_onnx(
         _drop_same_type_castlike(program.model)
         onnx_ir.passes.common.RemoveUnusedNodesPass()(program.model)
         onnx_model = onnxslim.slim(program.model_proto)
+        order_gelu_for_fusion(onnx_model)
         if not mobile:  # CoreML lacks Flatten; the mobile runtimes lay out transposes themselves
             keep_block_transposes(onnx_model)
     else:
@@ -153,10 +155,7 @@ def keep_block_transposes(model) -> int:
     def keeps_innermost(node) -> bool:
         return node.op_type == "Transpose" and perm(node)[-1] == len(perm(node)) - 1
 
-    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    constants = _constant_values(model)
 
     def reads_no_dims(reshape) -> bool:  # a 0 in a Reshape's shape copies a dim of its input, which Flatten changes
         shape = constants.get(reshape.input[1])
@@ -188,6 +187,62 @@ def keep_block_transposes(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return inserted
+
+
+def order_gelu_for_fusion(model) -> int:
+    """Reorder exact GELU's products as (x · 1/2) · (1 + erf(x / √2)), the order onnxruntime fuses into one Gelu node;
+    returns how many were reordered.
+
+    torch exports x · (1/2 · (1 + erf(x / √2))), which onnxruntime (1.32) runs as five nodes. On a (1, 196, 1536) MLP
+    activation the fused node took 0.45-0.67 ms against 0.83-0.90 ms for the five; whole graphs on a 2-core CPU, A/B:
+    vmamba_tiny_s1l8 133.8 -> 129.5 and 103.9 -> 100.8 ms, mala_tiny 67.2 -> 64.8 ms. Both orders are exact in
+    float32 (halving is exact), and the ops stay the same, so other runtimes see the same graph but for the order.
+    """
+    constants = _constant_values(model)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(node, op_type: str):
+        following = consumers.get(node.output[0], [])
+        return following[0] if len(following) == 1 and following[0].op_type == op_type else None
+
+    def constant_input(node, value: float) -> str | None:
+        return next((name for name in node.input if _is_scalar(constants.get(name), value)), None)
+
+    reordered = 0
+    for erf in [node for node in model.graph.node if node.op_type == "Erf"]:
+        div = producers.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not _is_scalar(constants.get(div.input[1]), math.sqrt(2)):
+            continue
+        x = div.input[0]
+        add = only_consumer(erf, "Add")
+        half_times = add and constant_input(add, 1.0) and only_consumer(add, "Mul")
+        half = half_times and constant_input(half_times, 0.5)
+        outer = half and only_consumer(half_times, "Mul")
+        if not outer or x not in outer.input:
+            continue
+        half_times.input[:] = [x, half]
+        outer.input[:] = [half_times.output[0], add.output[0]]
+        reordered += 1
+    return reordered
+
+
+def _constant_values(model) -> dict[str, np.ndarray]:
+    """Initializers and Constant nodes of an ONNX graph, by name."""
+    import onnx
+
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    return constants
+
+
+def _is_scalar(value: np.ndarray | None, expected: float) -> bool:
+    return value is not None and value.size == 1 and abs(float(value.reshape(())) - expected) <= 1e-6
 
 
 def _drop_same_type_castlike(model) -> None:
