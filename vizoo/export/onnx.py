@@ -2,7 +2,8 @@
 
 Kernels run their exportable torch paths while exporting (``force_backend("torch")``): the selective scan becomes
 elementwise Mul/Add/Exp over chunks, with no Loop, Scan, CumSum or Einsum nodes. The graph is simplified with
-onnxslim. Opset 17 or newer, so LayerNormalization is one native node.
+onnxslim, then shaped for onnxruntime's own graph fusions (``order_gelu_for_fusion``, ``keep_block_transposes``).
+Opset 17 or newer, so LayerNormalization is one native node.
 """
 
 from __future__ import annotations
