@@ -162,10 +162,7 @@ def keep_block_transposes(model) -> int:
         shape = constants.get(reshape.input[1])
         return shape is None or bool((shape != 0).all())
 
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
     nodes, inserted = [], 0
     for node in model.graph.node:
         nodes.append(node)
@@ -201,10 +198,7 @@ def order_gelu_for_fusion(model) -> int:
     """
     constants = _constant_values(model)
     producers = {output: node for node in model.graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
 
     def only_consumer(node, op_type: str):
         following = consumers.get(node.output[0], [])
@@ -229,6 +223,15 @@ def order_gelu_for_fusion(model) -> int:
         outer.input[:] = [half_times.output[0], add.output[0]]
         reordered += 1
     return reordered
+
+
+def _consumers(model) -> dict[str, list]:
+    """The nodes that read each value of an ONNX graph, by value name."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
 
 
 def _constant_values(model) -> dict[str, np.ndarray]:
