@@ -226,3 +226,65 @@ def test_custom_op_passes_opcheck(short_chunks, device):
     _, B, C = torch.randn(1, 4, 3, 6, device=device).split([1, 1, 1], dim=2)
     args = [t.detach().requires_grad_(True) for t in (x, delta, A, B, C, D, bias)]
     torch.library.opcheck(fused._fwd, (*args, True, False, True, True, 16))
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 5, 7, 1), (2, 4, 9, 6, 1), (1, 5, 14, 7, 1), (1, 3, 1, 1, 1), (2, 4, 6, 6, 4)]
+)
+@pytest.mark.parametrize("backend", ["torch", "reference", "triton"])
+def test_projection_inside_matches_route_ordered_inputs(short_chunks, device, shape, backend):
+    """``x_proj`` (SS2D's per-route projection) inside the op on each backend equals the reference scan of the
+    route-ordered step inputs, B and C made outside by the reference route order: values and every gradient, x
+    channel-last (a strided view), batch 1 and 2, a 1 x 1 map; n = 1 on the torch path projects the routes it reads
+    and scans the reversed ones backwards."""
+    b, d, h, w, n = shape
+    x, _, A, _, _, D, bias = make_inputs(*shape, channel_last=True, device=device if backend == "triton" else "cpu")
+    x_proj, delta_proj = torch.randn(4, 3 + 2 * n, d) * 0.5, torch.randn(4, d, 3) * 0.5
+    x_proj, delta_proj = x_proj.to(x.device), delta_proj.to(x.device)
+    got, want = [], []
+    for out, inside in ((got, True), (want, False)):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, x_proj, delta_proj, A, D, bias)]
+        if inside:
+            projected = dict(delta=None, B=None, C=None, x_proj=leaves[1])
+        else:
+            routes = route_order(
+                torch.matmul(leaves[1], leaves[0].flatten(2).unsqueeze(1)).unflatten(-1, (h, w)), "reference"
+            )
+            projected = dict(zip(("delta", "B", "C"), routes.split([3, n, n], dim=2)))
+        y = cross_selective_scan(
+            leaves[0],
+            A=leaves[3],
+            D=leaves[4],
+            delta_bias=leaves[5],
+            delta_softplus=True,
+            delta_proj=leaves[2],
+            out_channel_first=False,
+            backend=backend if inside else "reference",
+            **projected,
+        )
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y))
+        out += [y] + [t.grad for t in leaves]
+    assert_all_close(got, want, 1e-4)
+
+
+def test_projection_inside_bf16():
+    """bf16 map and projection through the step-major path, against the fp32 reference; fp32 arithmetic inside."""
+    x, _, A, _, _, D, bias = make_inputs(1, 4, 14, 7, 1)
+    x_proj, delta_proj = torch.randn(4, 4, 4) * 0.5, torch.randn(4, 4, 2) * 0.5
+    kwargs = dict(delta=None, B=None, C=None, D=D, delta_bias=bias, delta_softplus=True, delta_proj=delta_proj)
+    got = cross_selective_scan(x.bfloat16(), A=A, x_proj=x_proj.bfloat16(), backend="torch", **kwargs)
+    want = cross_selective_scan(
+        x.bfloat16().float(), A=A, x_proj=x_proj.bfloat16().float(), backend="reference", **kwargs
+    )
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=3e-2, atol=3e-2)
+
+
+def test_projection_bad_input():
+    x, delta, A, B, C, _, _ = make_inputs(1, 2, 3, 4, 1)
+    with pytest.raises(ValueError, match="pass either x_proj or delta, B and C"):
+        cross_selective_scan(x, delta, A, B, C, x_proj=torch.randn(4, 3, 2))
+    with pytest.raises(ValueError, match=r"x_proj must have shape \(4, 2 \+ 2·1, 2\) \(step-size rank 2, full"):
+        cross_selective_scan(x, None, A, None, None, x_proj=torch.randn(4, 3, 5))
+    with pytest.raises(ValueError, match=r"x_proj must have shape \(4, 3 \+ 2·1, 2\) \(step-size rank 3 from delta_p"):
+        cross_selective_scan(x, None, A, None, None, x_proj=torch.randn(4, 4, 2), delta_proj=torch.randn(4, 2, 3))

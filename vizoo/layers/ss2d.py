@@ -4,8 +4,8 @@ The map is read along K routes, each route runs a selective scan with its own in
 projections, and the K outputs are put back onto the map and summed. Two route sets:
 
 - ``"cross"`` (VMamba): rows, columns and both reversed, each of length H·W. ``cross_selective_scan`` does the three
-  steps in one call (one fused kernel on the GPU, so the four route copies of the map are never stored); the small
-  per-route projections are computed on the map and put in route order (``route_order``).
+  steps in one call (one fused kernel on the GPU, so the four route copies of the map are never stored), the small
+  per-route projections (``x_proj``) included.
 - ``"atrous"`` (EfficientVMamba's ES2D, Pei et al., arXiv 2403.09977): the four phases of the stride-2 lattice, each of
   length H·W/4 (``atrous_scan``), scanned as one grouped selective scan and scattered back (``atrous_merge``), so the
   scan costs a quarter of the cross scan's.
@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
-from vizoo.kernels import cross_selective_scan, route_order, selective_scan
+from vizoo.kernels import cross_selective_scan, selective_scan
 from vizoo.kernels.cross_scan import atrous_merge, atrous_scan
 from vizoo.layers.ssm_init import reset_routed_ssm_
 
@@ -104,23 +104,18 @@ class SS2D(nn.Module):
 
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """(b, d, h, w) -> (b, h·w, d): the four cross routes, fused."""
-        h, w = x.shape[-2:]
-        # Per-route projections as batched matmuls (ONNX MatMul; mobile runtimes have no Einsum), on the map, then each
-        # route's few channels put in its route order; the d-channel map itself is read along the routes by the scan.
-        x_dbl = torch.matmul(self.x_proj_weight, x.flatten(2).unsqueeze(1))  # (4, c, d) @ (b, 1, d, l) -> (b, 4, c, l)
-        x_dbl = route_order(x_dbl.unflatten(-1, (h, w)), backend=self.scan_backend)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         return cross_selective_scan(
             x,
-            dts,
+            None,
             -torch.exp(self.A_logs.float()),
-            Bs,
-            Cs,
+            None,
+            None,
             self.Ds.float(),
             delta_bias=self.dt_projs_bias.flatten().float(),
             delta_softplus=True,
             out_channel_first=False,
             delta_proj=self.dt_projs_weight,
+            x_proj=self.x_proj_weight,
             backend=self.scan_backend,
         )
 

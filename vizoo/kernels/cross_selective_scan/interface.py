@@ -6,6 +6,7 @@ import torch
 
 from vizoo.kernels.backend import pick_backend
 from vizoo.kernels.counting import record_kernel_macs
+from vizoo.kernels.cross_scan import route_order
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
 from vizoo.kernels.cross_selective_scan.reference import cross_selective_scan_reference
 from vizoo.kernels.cross_selective_scan.torch_ops import cross_selective_scan_torch
@@ -28,10 +29,10 @@ BACKENDS = {
 
 def cross_selective_scan(
     x: torch.Tensor,
-    delta: torch.Tensor,
+    delta: torch.Tensor | None,
     A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
+    B: torch.Tensor | None,
+    C: torch.Tensor | None,
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
@@ -39,6 +40,7 @@ def cross_selective_scan(
     out_fp32: bool = False,
     backend: str | None = None,
     delta_proj: torch.Tensor | None = None,
+    x_proj: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scan a map along VMamba's four routes, one selective scan per route, and sum the routes back onto the map.
 
@@ -58,15 +60,49 @@ def cross_selective_scan(
             None.
         delta_proj: optional (4, d, r) per-route step-size projection (SS2D's ``dt_projs_weight``): the step sizes
             are ``delta_proj @ delta``. The torch path projects after putting the rank-r inputs in its own order.
+        x_proj: optional (4, r + 2n, d) per-route projection of x (SS2D's ``x_proj_weight``) giving each route's
+            step inputs, B and C (the rank-r rows first) at every pixel; pass delta, B and C as None then. The torch
+            path with n = 1 projects the routes it reads, in its own order, so nothing is put in route order.
 
     Returns:
         The merged map in x's dtype (fp32 with ``out_fp32``).
     """
-    _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj)
     impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device)
+    n = A.shape[-1]
+    if x_proj is not None:
+        _check_projection(x, x_proj, delta, B, C, n, delta_proj)
+        if impl is not cross_selective_scan_torch or n != 1:
+            delta, B, C = route_ordered_projections(x, x_proj, n, backend)
+            x_proj = None
+    _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj)
     b, d, h, w = x.shape
-    record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, A.shape[1], D is not None))
-    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
+    record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, n, D is not None))
+    if x_proj is None:
+        return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
+    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, x_proj)
+
+
+def route_ordered_projections(
+    x: torch.Tensor, x_proj: torch.Tensor, n: int, backend: str | None = None
+) -> tuple[torch.Tensor, ...]:
+    """x (b, d, h, w) and x_proj (4, r + 2n, d) -> each route's step inputs (b, 4, r, h·w), B and C (b, 4, n, h·w),
+    in route order: the map projected once per route in pixel order, then each route's few channels put in order."""
+    projected = torch.matmul(x_proj, x.flatten(2).unsqueeze(1))  # (4, c, d) @ (b, 1, d, l) -> (b, 4, c, l)
+    projected = route_order(projected.unflatten(-1, x.shape[-2:]), backend=backend)
+    return projected.split([x_proj.shape[1] - 2 * n, n, n], dim=2)
+
+
+def _check_projection(x, x_proj, delta, B, C, n, delta_proj) -> None:
+    if delta is not None or B is not None or C is not None:
+        raise ValueError("cross_selective_scan: pass either x_proj or delta, B and C (as None with x_proj), not both")
+    d = x.shape[1] if x.dim() == 4 else None
+    rank = delta_proj.shape[-1] if delta_proj is not None and delta_proj.dim() == 3 else d
+    if tuple(x_proj.shape) != (NUM_ROUTES, rank + 2 * n, d):
+        raise ValueError(
+            f"cross_selective_scan: x_proj must have shape ({NUM_ROUTES}, {rank} + 2·{n}, {d}) (step-size rank "
+            f"{rank}{' from delta_proj' if delta_proj is not None else ', full'}, B and C of d_state {n}), "
+            f"got {tuple(x_proj.shape)}"
+        )
 
 
 def _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj) -> None:
