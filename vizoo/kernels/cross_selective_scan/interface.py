@@ -77,9 +77,8 @@ def cross_selective_scan(
     _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj)
     b, d, h, w = x.shape
     record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, n, D is not None))
-    if x_proj is None:
-        return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
-    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, x_proj)
+    projection = {} if x_proj is None else {"x_proj": x_proj}  # only the torch path with n = 1 takes it
+    return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, **projection)
 
 
 def route_ordered_projections(
