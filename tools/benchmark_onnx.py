@@ -12,6 +12,13 @@ python tools/benchmark_onnx.py --mobile cas_vit_xs    # also the share of nodes 
                                                       # `--mobile` graphs (onnxruntime's mobile usability checker)
 python tools/benchmark_onnx.py --int8 cas_vit_xs      # also int8 (dynamic; static QDQ calibrated on 4 photos)
                                                       # against fp32 onnxruntime, on 4 other photos
+
+Pruned ViTs (the zoo's third family):
+vizoo prune deit_tiny_patch16_224 --sparsity 0.5 --output out/deit_tiny_50
+python tools/benchmark_onnx.py out/deit_tiny_50              # a model saved by `vizoo prune` / save_pruned
+python tools/benchmark_onnx.py --tome 8 deit_tiny_patch16_224 # ToMe merging, r tokens per block
+python tools/benchmark_onnx.py --keep-rate 0.7 deit_tiny_patch16_224 vim_tiny  # token pruning: EViT on a ViT,
+                                                      # hidden-state-aligned pruning on Vim
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import timm
 import torch
 
 import vizoo
+from vizoo.backbones.vim import Vim
 from vizoo.export import (
     eager_vs_onnx_ms,
     export_onnx,
@@ -35,12 +43,16 @@ from vizoo.export import (
     run_onnx,
 )
 from vizoo.export.onnx import sample_images
+from vizoo.pruning import apply_evit, apply_tome, apply_vim_token_pruning, load_pruned
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "models", nargs="*", default=["vmamba_tiny_s1l8", "test_vmamba"], help="names or fnmatch patterns of models"
+        "models",
+        nargs="*",
+        default=["vmamba_tiny_s1l8", "test_vmamba"],
+        help="names or fnmatch patterns of models, or paths of pruned ViTs saved by `vizoo prune`",
     )
     parser.add_argument("--rounds", type=int, default=4, help="rounds of 6 eager passes then 6 ORT passes")
     parser.add_argument(
@@ -52,28 +64,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-only", action="store_true", help="export and check parity, skip the latencies")
     parser.add_argument("--perturb", type=float, default=0.02, help="std of the noise added to every parameter")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="parity above this fails the run (exit 1)")
+    parser.add_argument("--tome", type=int, metavar="R", help="merge R tokens per block (ToMe) in every ViT given")
+    parser.add_argument(
+        "--keep-rate",
+        type=float,
+        metavar="K",
+        help="token pruning in every model given: EViT in a ViT, hidden-state-aligned pruning in Vim",
+    )
     args = parser.parse_args(argv)
+    if args.tome is not None and args.keep_rate is not None:
+        parser.error("--tome and --keep-rate are two token methods; pick one per run")
     names = []
     for pattern in args.models:
-        matched = vizoo.list_models(pattern) if _is_pattern(pattern) else [pattern] if timm.is_model(pattern) else []
+        if _is_pruned_checkpoint(pattern):
+            matched = [pattern]
+        else:
+            matched = (
+                vizoo.list_models(pattern) if _is_pattern(pattern) else [pattern] if timm.is_model(pattern) else []
+            )
         if not matched:
-            parser.error(f"no vizoo or timm model matches {pattern!r}; see `vizoo list` for vizoo's names")
+            parser.error(
+                f"no vizoo or timm model matches {pattern!r}, and it is not a pruned model saved by `vizoo prune` "
+                "(PATH.json and PATH.safetensors); see `vizoo list` for vizoo's names"
+            )
         names += matched
     failed = []
     print(
         f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency, eager and ORT blocks in turn",
         flush=True,
     )
-    header = f"{'model':<22} {'input':>11} {'nodes':>6} {'parity':>8} {'|out|':>7}"
+    header = f"{'model':<30} {'input':>11} {'nodes':>6} {'parity':>8} {'|out|':>7}"
     header += f" {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11}"
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            model = perturb_weights(timm.create_model(name).eval(), args.perturb)
+            try:
+                name, model = build(name, args.tome, args.keep_rate)
+            except (TypeError, ValueError, RuntimeError) as error:  # not a ViT / Vim, a bad rate, a corrupt checkpoint
+                parser.error(f"{name}: {error}")
+            model = perturb_weights(model, args.perturb)
             shape = input_shape(model, None)
             with torch.no_grad():
                 output_size = model(sample_images(shape, model, count=1)).abs().max().item()
-            result = export_onnx(model, Path(tmp) / f"{name}.onnx", dynamic_batch=False, check=True)
+            result = export_onnx(model, Path(tmp) / "model.onnx", dynamic_batch=False, check=True)
             if result.max_abs_diff > args.tolerance:
                 failed.append(name)
             timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12)
@@ -82,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                 timing = f" {eager_ms:>9.1f} {ort_ms:>8.1f} {ort_ms / eager_ms:>10.2f}x"
             size = "x".join(map(str, shape))
             print(
-                f"{name:<22} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",
+                f"{name:<30} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",
                 flush=True,
             )
             if args.int8 and not args.parity_only:
                 compare_int8(result.path, model, shape, Path(tmp), args.rounds)
             if args.mobile:
                 mobile = export_onnx(
-                    model, Path(tmp) / f"{name}.mobile.onnx", dynamic_batch=False, mobile=True, check=False
+                    model, Path(tmp) / "model.mobile.onnx", dynamic_batch=False, mobile=True, check=False
                 )
                 for graph, path in (("default", result.path), ("--mobile", mobile.path)):
                     coverage = "; ".join(
@@ -122,6 +155,25 @@ def compare_int8(path: Path, model: torch.nn.Module, shape: tuple[int, int, int]
             f"max change {change:.1%} of max |out|, top-1 kept {same_top1}/{len(held_out)}",
             flush=True,
         )
+
+
+def build(name: str, tome: int | None = None, keep_rate: float | None = None) -> tuple[str, torch.nn.Module]:
+    """The model ``name`` (a registered name, or a pruned ViT saved at that path) in eval mode, with ToMe merging
+    (``tome`` tokens per block) or token pruning at ``keep_rate`` applied; returns (its label in the table, model)."""
+    if _is_pruned_checkpoint(name):
+        label, model = Path(name).name, load_pruned(name)
+    else:
+        label, model = name, timm.create_model(name).eval()
+    if tome is not None:
+        return f"{label}+tome{tome}", apply_tome(model, tome)
+    if keep_rate is not None:
+        prune = apply_vim_token_pruning if isinstance(model, Vim) else apply_evit
+        return f"{label}+keep{keep_rate:g}", prune(model, keep_rate)
+    return label, model
+
+
+def _is_pruned_checkpoint(path: str) -> bool:
+    return Path(path).with_suffix(".json").is_file() and Path(path).with_suffix(".safetensors").is_file()
 
 
 def _run_one_by_one(path: Path, images: torch.Tensor) -> np.ndarray:

@@ -2,6 +2,7 @@
 and tools/benchmark_onnx.py."""
 
 import importlib.util
+import json
 import re
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from vizoo.export import (
     convert_to_ort,
     eager_vs_onnx_ms,
     export_onnx,
+    input_shape,
     max_abs_diff,
     mobile_usability,
     quantize_int8,
@@ -321,3 +323,46 @@ def test_benchmark_tool_compares_int8_with_fp32(tool, capsys):
     for row in rows:
         m = re.search(r"([\d.]+) ms = ([\d.]+)x fp32 ORT \(([\d.]+) ms\).* max change ([\d.]+)% .* kept (\d)/4", row)
         assert m and float(m[1]) > 0 and float(m[3]) > 0 and float(m[4]) < 25, row
+
+
+def test_benchmark_tool_takes_pruned_vits(tool, tmp_path, capsys):
+    """The pruned-ViT family: a compacted ViT saved by save_pruned, and token merging/pruning applied by flags."""
+    from vizoo.pruning import block_prune, save_pruned
+
+    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, num_classes=5)
+    vit = timm.create_model("vit_tiny_patch16_224", **args).eval()
+    block_prune(vit, 0.5, [torch.randn(2, 3, 32, 32)], block=(32, 32), latency=None)
+    save_pruned(vit, tmp_path / "vit_50")
+    stem = str(tmp_path / "vit_50")
+    assert tool.main(["--rounds", "1", stem]) == 0
+    assert tool.main(["--parity-only", "--tome", "4", stem]) == 0
+    assert tool.main(["--parity-only", "--keep-rate", "0.5", stem]) == 0
+    assert tool.main(["--parity-only", "--keep-rate", "0.8", "test_vim"]) == 0  # Vim: hidden-state-aligned pruning
+    assert tool.main(["--parity-only", "test_vim"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert {"vit_50", "vit_50+tome4", "vit_50+keep0.5", "test_vim+keep0.8"} <= rows.keys()
+    assert rows["test_vim+keep0.8"][2] != rows["test_vim"][2]
+    assert float(rows["vit_50"][6]) > 0 and rows["vit_50+tome4"][1] == "3x32x32"
+    # ToMe's merge and EViT's fused token make graphs that differ from the plain one
+    assert len({rows[label][2] for label in ("vit_50", "vit_50+tome4", "vit_50+keep0.5")}) == 3
+    with pytest.raises(SystemExit):
+        tool.main(["--tome", "4", "test_vmamba"])
+    assert "test_vmamba: " in (err := capsys.readouterr().err) and "VisionTransformer (ViT/DeiT), got VMamba" in err
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "missing")])
+    assert "not a pruned model saved by `vizoo prune`" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "vit_50.json").read_text())
+    meta["widths"][0]["mlp_hidden"] += 32
+    (tmp_path / "vit_50.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit):  # widths that do not match the weights
+        tool.main([stem])
+    assert "vit_50: Error(s) in loading state_dict" in capsys.readouterr().err
+
+
+def test_input_shape_of_a_timm_vit_built_at_another_size():
+    """timm keeps the architecture's 224 cfg for a ViT built at 32; its patch embedding's fixed size decides."""
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=1)
+    assert vit.pretrained_cfg["input_size"] == (3, 224, 224)
+    assert input_shape(vit, None) == (3, 32, 32) and input_shape(vit, 64) == (3, 64, 64)
+    model = timm.create_model("test_vmamba")
+    assert input_shape(model, None) == model.pretrained_cfg["input_size"]

@@ -58,9 +58,15 @@ def resolve_model(model: torch.nn.Module | str, **kwargs) -> torch.nn.Module:
 
 
 def input_shape(model: torch.nn.Module, img_size: int | tuple[int, int] | None) -> tuple[int, int, int]:
-    """(C, H, W) from ``img_size`` or the model's pretrained cfg."""
+    """(C, H, W) from ``img_size``, else the fixed size of a timm ViT's patch embedding, else the pretrained cfg.
+
+    A timm ViT built with another ``img_size`` keeps its architecture's cfg (224), so its patch embedding decides.
+    """
     c, h, w = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
     c = getattr(model, "in_chans", c)
+    patch_embed = getattr(model, "patch_embed", None)
+    if getattr(patch_embed, "strict_img_size", False) and getattr(patch_embed, "img_size", None):
+        h, w = patch_embed.img_size
     if img_size is not None:
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     return c, h, w
