@@ -43,7 +43,7 @@ from vizoo.export import (
     run_onnx,
 )
 from vizoo.export.onnx import sample_images
-from vizoo.pruning import apply_evit, apply_tome, apply_vim_token_pruning, load_pruned
+from vizoo.pruning import apply_evit, apply_tome, apply_vim_token_pruning, is_saved_pruned, load_pruned
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tome and --keep-rate are two token methods; pick one per run")
     names = []
     for pattern in args.models:
-        if _is_pruned_checkpoint(pattern):
+        if is_saved_pruned(pattern):
             matched = [pattern]
         else:
             matched = (
@@ -160,7 +160,7 @@ def compare_int8(path: Path, model: torch.nn.Module, shape: tuple[int, int, int]
 def build(name: str, tome: int | None = None, keep_rate: float | None = None) -> tuple[str, torch.nn.Module]:
     """The model ``name`` (a registered name, or a pruned ViT saved at that path) in eval mode, with ToMe merging
     (``tome`` tokens per block) or token pruning at ``keep_rate`` applied; returns (its label in the table, model)."""
-    if _is_pruned_checkpoint(name):
+    if is_saved_pruned(name):
         label, model = Path(name).name, load_pruned(name)
     else:
         label, model = name, timm.create_model(name).eval()
@@ -170,10 +170,6 @@ def build(name: str, tome: int | None = None, keep_rate: float | None = None) ->
         prune = apply_vim_token_pruning if isinstance(model, Vim) else apply_evit
         return f"{label}+keep{keep_rate:g}", prune(model, keep_rate)
     return label, model
-
-
-def _is_pruned_checkpoint(path: str) -> bool:
-    return Path(path).with_suffix(".json").is_file() and Path(path).with_suffix(".safetensors").is_file()
 
 
 def _run_one_by_one(path: Path, images: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,7 @@ See :mod:`vizoo.pruning.block` (LPViT-style pruning, :func:`compact`), :mod:`viz
 
 from .block import BlockMask, block_prune, compact, finetune, fisher_importance, sparsity_of, to_block_sparse
 from .cli import add_prune_parser, run_prune
-from .io import load_pruned, save_pruned
+from .io import is_saved_pruned, load_pruned, save_pruned
 from .latency import LatencyModel
 from .ssm_tokens import apply_vim_token_pruning, remove_vim_token_pruning
 from .tokens import apply_evit, apply_tome, bipartite_merge, remove_token_reduction
@@ -24,6 +24,7 @@ __all__ = [
     "compact",
     "finetune",
     "fisher_importance",
+    "is_saved_pruned",
     "load_pruned",
     "remove_token_reduction",
     "remove_vim_token_pruning",

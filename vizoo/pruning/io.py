@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from .block import check_vit, compact, prunable_linears
 
-__all__ = ["load_pruned", "save_pruned"]
+__all__ = ["is_saved_pruned", "load_pruned", "save_pruned"]
 
 FORMAT = "vizoo-pruned-vit/1"
 
@@ -33,6 +33,11 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def is_saved_pruned(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (with or without suffix) names both files that :func:`save_pruned` writes."""
+    return all(p.is_file() for p in _paths(path))
 
 
 def save_pruned(
