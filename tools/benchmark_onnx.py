@@ -1,6 +1,8 @@
 """onnxruntime (CPU) latency against PyTorch eager (CPU) for the same model, side by side in one run (blocks of
 passes in turn, medians), with the fp32 parity of the export on real images (max abs difference of the outputs,
-scikit-image photos) and the size of those outputs (max |output|).
+scikit-image photos) and the size of those outputs (max |output|). The last column gives the lowest and highest
+ratio of single rounds (one block of each, side by side): on a shared machine it shows how far the load moved the
+ratio during the run; ``--rounds`` takes more of them.
 
 Models are built without pretrained weights, and every parameter gets N(0, 0.02²) noise first (``--perturb``): at
 init, zero or 1e-6 layer scales leave most blocks out of the output, and parity would test little of the graph.
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     header = f"{'model':<30} {'input':>11} {'nodes':>6} {'parity':>8} {'|out|':>7}"
-    header += f" {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11}"
+    header += f" {'eager ms':>9} {'ORT ms':>8} {'ORT / eager':>11} {'per round':>11}"
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -109,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             result = export_onnx(model, Path(tmp) / "model.onnx", dynamic_batch=False, check=True)
             if result.max_abs_diff > args.tolerance:
                 failed.append(name)
-            timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12)
+            timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12) + "-".rjust(12)
             if not args.parity_only:
-                eager_ms, ort_ms = eager_vs_onnx_ms(model, result.path, torch.randn(1, *shape), rounds=args.rounds)
-                timing = f" {eager_ms:>9.1f} {ort_ms:>8.1f} {ort_ms / eager_ms:>10.2f}x"
+                latency = eager_vs_onnx_ms(model, result.path, torch.randn(1, *shape), rounds=args.rounds)
+                spread = f"{min(latency.round_ratios):.2f}-{max(latency.round_ratios):.2f}"
+                timing = f" {latency.eager_ms:>9.1f} {latency.onnx_ms:>8.1f} {latency.ratio:>10.2f}x {spread:>11}"
             size = "x".join(map(str, shape))
             print(
                 f"{name:<30} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",

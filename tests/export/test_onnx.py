@@ -282,8 +282,10 @@ def test_eager_and_onnx_latencies_are_each_measured(tmp_path):
 
     model = Sleepy().eval()
     path = export_onnx(model.net, tmp_path / "conv.onnx", img_size=32, check=False).path
-    eager_ms, onnx_ms = eager_vs_onnx_ms(model, path, torch.randn(1, 3, 32, 32), rounds=2, passes=3)
-    assert eager_ms >= 30 and 0 < onnx_ms < 10
+    latency = eager_vs_onnx_ms(model, path, torch.randn(1, 3, 32, 32), rounds=3, passes=3)
+    assert latency.eager_ms >= 30 and 0 < latency.onnx_ms < 10 and latency.ratio < 1 / 3
+    # one ratio per round, each from that round's two blocks
+    assert len(latency.round_ratios) == 3 and all(0 < ratio < 1 / 3 for ratio in latency.round_ratios)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +302,7 @@ def tool():
 def test_benchmark_tool_reports_parity_and_refuses_unknown_names(tool, capsys):
     assert tool.main(["--rounds", "1", "test_vmam*"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test_vmamba "))
-    nodes, parity, output_size, eager_ms, ort_ms, ratio = row.split()[2:]
+    nodes, parity, output_size, eager_ms, ort_ms, ratio, spread = row.split()[2:]
     assert float(parity) <= 1e-4 < float(output_size) and float(eager_ms) > 0 and float(ort_ms) > 0
     # the times are printed to 0.1 ms and the ratio to 0.01: it must lie in the range those roundings allow
     eager_ms, ort_ms = float(eager_ms), float(ort_ms)
@@ -309,6 +311,7 @@ def test_benchmark_tool_reports_parity_and_refuses_unknown_names(tool, capsys):
         <= float(ratio.rstrip("x"))
         <= (ort_ms + 0.05) / (eager_ms - 0.05) + 0.005
     )
+    assert spread == f"{ratio.rstrip('x')}-{ratio.rstrip('x')}"  # one round: its ratio is the lowest and the highest
     assert tool.main(["--parity-only", "--tolerance", "0", "test_vmamba"]) == 1  # parity above 0 fails the run
     with pytest.raises(SystemExit):
         tool.main(["no_such_model*"])

@@ -3,6 +3,7 @@
 from vizoo.export.onnx import (
     ExportError,
     ExportResult,
+    LatencyComparison,
     convert_to_ort,
     eager_vs_onnx_ms,
     export_onnx,
@@ -18,6 +19,7 @@ from vizoo.export.onnx import (
 __all__ = [
     "ExportError",
     "ExportResult",
+    "LatencyComparison",
     "convert_to_ort",
     "eager_vs_onnx_ms",
     "export_onnx",
