@@ -45,6 +45,12 @@ def _pads(d: int, dv: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _head_and_tokens(bh, heads, cu_ptr, seq):
+    """Batch and head of the flat index ``bh``, and the token range [start, end) of sequence ``seq``."""
+    return bh // heads, bh % heads, tl.load(cu_ptr + seq), tl.load(cu_ptr + seq + 1)
+
+
+@triton.jit
 def _kv_kernel(
     a_ptr, sa_b, sa_h, sa_n, sa_d,
     b_ptr, sb_b, sb_h, sb_n, sb_d,
@@ -63,9 +69,7 @@ def _kv_kernel(
     num_dv = tl.cdiv(dv, BLOCK_DV)
     bh = (tl.program_id(2) // num_dv).to(tl.int64)
     e0 = (tl.program_id(2) % num_dv) * BLOCK_DV
-    bi, hi = bh // heads, bh % heads
-    start = tl.load(cu_ptr + seq)
-    end = tl.load(cu_ptr + seq + 1)
+    bi, hi, start, end = _head_and_tokens(bh, heads, cu_ptr, seq)
     dd = tl.arange(0, D_PAD)
     ee = e0 + tl.arange(0, BLOCK_DV)
     d_ok, e_ok = dd < d, ee < dv
@@ -115,9 +119,7 @@ def _out_kernel(
     num_dv = tl.cdiv(dv, BLOCK_DV)
     bh = (tl.program_id(2) // num_dv).to(tl.int64)
     e0 = (tl.program_id(2) % num_dv) * BLOCK_DV
-    bi, hi = bh // heads, bh % heads
-    start = tl.load(cu_ptr + seq)
-    end = tl.load(cu_ptr + seq + 1)
+    bi, hi, start, end = _head_and_tokens(bh, heads, cu_ptr, seq)
     t = start + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = t < end
     dd = tl.arange(0, D_PAD)
@@ -162,9 +164,7 @@ def _grad_kernel(
     """dq, dk, dv (and dw) for one token block of one sequence, looping over the value blocks."""
     seq = tl.program_id(0)
     bh = tl.program_id(2).to(tl.int64)
-    bi, hi = bh // heads, bh % heads
-    start = tl.load(cu_ptr + seq)
-    end = tl.load(cu_ptr + seq + 1)
+    bi, hi, start, end = _head_and_tokens(bh, heads, cu_ptr, seq)
     t = start + tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = t < end
     dd = tl.arange(0, D_PAD)

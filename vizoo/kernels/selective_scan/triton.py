@@ -85,9 +85,21 @@ def _route_pixels(t, valid, length, width, height, k, ROUTES: tl.constexpr):
 
 
 @triton.jit
+def _pixels(c, s_c, i, j, s_h, s_w):
+    """Offsets (BLOCK_D, BLOCK_L) of channels ``c`` at the pixels (i, j) of a map with strides s_c, s_h, s_w."""
+    return c[:, None] * s_c + (i * s_h + j * s_w)[None, :]
+
+
+@triton.jit
+def _load_steps(ptr, base, rows, t, s_row, s_l, mask):
+    """The values at ``ptr[base + rows · s_row + t · s_l]``, (len(rows), BLOCK_L), in fp32; 0 where ``mask`` is off."""
+    return tl.load(ptr + base + rows[:, None] * s_row + (t * s_l)[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _load_delta(ptr, base, c, t, s_c, s_l, valid, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Step sizes (BLOCK_D, BLOCK_L) in fp32 after bias and softplus, and the raw pre-softplus value; 0 past the end."""
-    raw = tl.load(ptr + base + c[:, None] * s_c + (t * s_l)[None, :], mask=valid[None, :], other=0.0).to(tl.float32)
+    raw = _load_steps(ptr, base, c, t, s_c, s_l, valid[None, :])
     if HAS_BIAS:
         raw += bias[:, None]
     dt = _softplus(raw) if SOFTPLUS else raw
@@ -127,24 +139,12 @@ def _scan_fwd_kernel(
             t = chunk * BLOCK_L + ll
             valid = t < length
             i, j = _route_pixels(t, valid, length, width, height, k, ROUTES)
-            u = tl.load(
-                u_ptr + pid_b * su_b + c[:, None] * su_c + (i * su_h + j * su_w)[None, :],
-                mask=valid[None, :],
-                other=0.0,
-            )
-            u = u.to(tl.float32)
+            u_ptrs = u_ptr + pid_b * su_b + _pixels(c, su_c, i, j, su_h, su_w)
+            u = tl.load(u_ptrs, mask=valid[None, :], other=0.0).to(tl.float32)
             dt, _ = _load_delta(dt_ptr, pid_b * sd_b + k * sd_k, c, t, sd_c, sd_l, valid, bias, HAS_BIAS, SOFTPLUS)
             bc_ok = n_ok[:, None] & valid[None, :]
-            Bt = tl.load(
-                B_ptr + pid_b * sB_b + grp * sB_g + nn[:, None] * sB_n + (t * sB_l)[None, :],
-                mask=bc_ok,
-                other=0.0,
-            ).to(tl.float32)
-            Ct = tl.load(
-                C_ptr + pid_b * sC_b + grp * sC_g + nn[:, None] * sC_n + (t * sC_l)[None, :],
-                mask=bc_ok,
-                other=0.0,
-            ).to(tl.float32)
+            Bt = _load_steps(B_ptr, pid_b * sB_b + grp * sB_g, nn, t, sB_n, sB_l, bc_ok)
+            Ct = _load_steps(C_ptr, pid_b * sC_b + grp * sC_g, nn, t, sC_n, sC_l, bc_ok)
             if SAVE_STATES:  # the state entering this chunk, for the backward
                 row = (pid_b * num_chunks + chunk) * channels + ch
                 tl.store(states_ptr + row[:, None] * n + nn[None, :], h, mask=n_ok[None, :])
@@ -157,13 +157,9 @@ def _scan_fwd_kernel(
             if HAS_D:
                 y += Dv[:, None] * u
             if HAS_Z:
-                zt = tl.load(
-                    z_ptr + pid_b * sz_b + k * sz_k + c[:, None] * sz_c + (t * sz_l)[None, :],
-                    mask=valid[None, :],
-                    other=0.0,
-                ).to(tl.float32)
+                zt = _load_steps(z_ptr, pid_b * sz_b + k * sz_k, c, t, sz_c, sz_l, valid[None, :])
                 y *= zt * tl.sigmoid(zt)
-            y_ptrs = y_ptr + pid_b * sy_b + c[:, None] * sy_c + (i * sy_h + j * sy_w)[None, :]
+            y_ptrs = y_ptr + pid_b * sy_b + _pixels(c, sy_c, i, j, sy_h, sy_w)
             # Routes after the first add onto the merged map.
             y += tl.load(y_ptrs, mask=valid[None, :] & (k > 0), other=0.0).to(tl.float32)
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=valid[None, :])
@@ -212,38 +208,26 @@ def _scan_bwd_kernel(
             t = chunk * BLOCK_L + ll
             valid = t < length
             i, j = _route_pixels(t, valid, length, width, height, k, ROUTES)
-            u_off = pid_b * su_b + c[:, None] * su_c + (i * su_h + j * su_w)[None, :]
-            u = tl.load(u_ptr + u_off, mask=valid[None, :], other=0.0).to(tl.float32)
+            u_ptrs = u_ptr + pid_b * su_b + _pixels(c, su_c, i, j, su_h, su_w)
+            u = tl.load(u_ptrs, mask=valid[None, :], other=0.0).to(tl.float32)
             d_base = pid_b * sd_b + k * sd_k
             dt, raw = _load_delta(dt_ptr, d_base, c, t, sd_c, sd_l, valid, bias, HAS_BIAS, SOFTPLUS)
             # Step sizes one step later, for the decay a_{t+1} that carries dh backwards.
             valid1 = t + 1 < length
             dt1, _ = _load_delta(dt_ptr, d_base, c, t + 1, sd_c, sd_l, valid1, bias, HAS_BIAS, SOFTPLUS)
             bc_ok = n_ok[:, None] & valid[None, :]
-            Bt = tl.load(
-                B_ptr + pid_b * sB_b + grp * sB_g + nn[:, None] * sB_n + (t * sB_l)[None, :],
-                mask=bc_ok,
-                other=0.0,
-            ).to(tl.float32)
-            Ct = tl.load(
-                C_ptr + pid_b * sC_b + grp * sC_g + nn[:, None] * sC_n + (t * sC_l)[None, :],
-                mask=bc_ok,
-                other=0.0,
-            ).to(tl.float32)
+            Bt = _load_steps(B_ptr, pid_b * sB_b + grp * sB_g, nn, t, sB_n, sB_l, bc_ok)
+            Ct = _load_steps(C_ptr, pid_b * sC_b + grp * sC_g, nn, t, sC_n, sC_l, bc_ok)
             # Recompute the chunk's states from the saved entry state.
             row = (pid_b * num_chunks + chunk) * channels + ch
             h0 = tl.load(states_ptr + row[:, None] * n + nn[None, :], mask=n_ok[None, :], other=0.0)
             a = tl.exp(dt[:, None, :] * A[:, :, None])
             x = (dt * u)[:, None, :] * Bt[None, :, :]
             _, hs = tl.associative_scan((a, tl.where(first, x + a * h0[:, :, None], x)), axis=2, combine_fn=_combine)
-            dy = tl.load(
-                dy_ptr + pid_b * sy_b + c[:, None] * sy_c + (i * sy_h + j * sy_w)[None, :],
-                mask=valid[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            dy_ptrs = dy_ptr + pid_b * sy_b + _pixels(c, sy_c, i, j, sy_h, sy_w)
+            dy = tl.load(dy_ptrs, mask=valid[None, :], other=0.0).to(tl.float32)
             if HAS_Z:
-                z_off = pid_b * sz_b + k * sz_k + c[:, None] * sz_c + (t * sz_l)[None, :]
-                zt = tl.load(z_ptr + z_off, mask=valid[None, :], other=0.0).to(tl.float32)
+                zt = _load_steps(z_ptr, pid_b * sz_b + k * sz_k, c, t, sz_c, sz_l, valid[None, :])
                 sig = tl.sigmoid(zt)
                 y = tl.sum(hs * Ct[None, :, :], axis=1)
                 if HAS_D:
@@ -279,7 +263,7 @@ def _scan_bwd_kernel(
                 ddt.to(ddt_ptr.dtype.element_ty),
                 mask=valid[None, :],
             )
-            du_off = pid_b * sdu_b + c[:, None] * sdu_c + (i * sdu_h + j * sdu_w)[None, :]
+            du_off = pid_b * sdu_b + _pixels(c, sdu_c, i, j, sdu_h, sdu_w)
             du += tl.load(du_ptr + du_off, mask=valid[None, :] & (k > 0), other=0.0).to(tl.float32)
             tl.store(du_ptr + du_off, du.to(du_ptr.dtype.element_ty), mask=valid[None, :])
         row = pid_b * channels + ch
