@@ -15,7 +15,7 @@ from vizoo.data.coins import build_coins_datasets
 from vizoo.data.detection import CocoDetection, detection_transforms
 from vizoo.eval import coco_map
 from vizoo.heads import create_detector
-from vizoo.train.finetune import FinetuneConfig, finetune_detector
+from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, finetune_detector
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,15 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-convs", type=int, default=4)
     parser.add_argument("--extra-levels", type=int, default=2)
     parser.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--output", help="checkpoint folder (OUTPUT/checkpoints/step-N)")
-    parser.add_argument("--resume", help="a checkpoint folder to continue from")
+    add_finetune_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -62,16 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     before = coco_map(model, val_set, args.batch_size, args.device)
     print(f"untrained: mAP {before['map']:.3f}, mAP50 {before['map50']:.3f}")
-    config = FinetuneConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        amp=args.amp,
-        device=args.device,
-        num_workers=args.workers,
-        output_dir=args.output,
-    )
+    config = FinetuneConfig.from_args(args)
     result = finetune_detector(model, train_set, val_set, config, resume=args.resume)
     after = result.metrics
     print(f"trained:   mAP {after['map']:.3f}, mAP50 {after['map50']:.3f} (losses per epoch {result.losses})")

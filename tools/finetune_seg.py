@@ -16,7 +16,7 @@ from vizoo.data.coins import COINS_CLASSES, build_coins_datasets
 from vizoo.data.segmentation import SegmentationFolder, segmentation_transforms
 from vizoo.eval import segmentation_miou
 from vizoo.heads import SEG_HEADS, create_segmentor
-from vizoo.train.finetune import FinetuneConfig, finetune_segmentor
+from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, finetune_segmentor
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,15 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--output", help="checkpoint folder (OUTPUT/checkpoints/step-N)")
-    parser.add_argument("--resume", help="a checkpoint folder to continue from")
+    add_finetune_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -60,16 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     before = segmentation_miou(model, val_set, args.num_classes, args.batch_size, args.ignore_index, args.device)
     print(f"untrained: mIoU {before['miou']:.3f}")
-    config = FinetuneConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        amp=args.amp,
-        device=args.device,
-        num_workers=args.workers,
-        output_dir=args.output,
-    )
+    config = FinetuneConfig.from_args(args)
     result = finetune_segmentor(
         model, train_set, val_set, args.num_classes, config, ignore_index=args.ignore_index, resume=args.resume
     )

@@ -9,6 +9,7 @@ folder then renamed): one at the end of each epoch under ``output_dir/checkpoint
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import math
@@ -25,7 +26,7 @@ from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoi
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune_detector", "finetune_segmentor"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "add_finetune_arguments", "finetune_detector", "finetune_segmentor"]
 
 
 @dataclass
@@ -46,6 +47,35 @@ class FinetuneConfig:
     keep: int = 2
     progress: bool = True
     eval_every: int = 0  # epochs between evaluations; 0: only at the end
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FinetuneConfig:
+        """The settings given by the options of ``add_finetune_arguments``."""
+        return cls(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            amp=args.amp,
+            device=args.device,
+            num_workers=args.workers,
+            output_dir=args.output,
+        )
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training options of the fine-tuning commands (tools/finetune_det.py, tools/finetune_seg.py), with
+    ``FinetuneConfig``'s defaults; read them back with ``FinetuneConfig.from_args``."""
+    defaults = FinetuneConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--workers", type=int, default=defaults.num_workers)
+    parser.add_argument("--output", help="checkpoint folder (OUTPUT/checkpoints/step-N)")
+    parser.add_argument("--resume", help="a checkpoint folder to continue from")
 
 
 @dataclass
