@@ -78,12 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tome and --keep-rate are two token methods; pick one per run")
     names = []
     for pattern in args.models:
-        if is_saved_pruned(pattern):
+        if is_saved_pruned(pattern) or timm.is_model(pattern):
             matched = [pattern]
         else:
-            matched = (
-                vizoo.list_models(pattern) if _is_pattern(pattern) else [pattern] if timm.is_model(pattern) else []
-            )
+            matched = vizoo.list_models(pattern) if _is_pattern(pattern) else []
         if not matched:
             parser.error(
                 f"no vizoo or timm model matches {pattern!r}, and it is not a pruned model saved by `vizoo prune` "

@@ -1,12 +1,10 @@
 """ONNX export: parity in onnxruntime on real images, graph contents, dynamic batch, fp16, int8, mobile, errors,
 and tools/benchmark_onnx.py."""
 
-import importlib.util
 import json
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -289,14 +287,8 @@ def test_eager_and_onnx_latencies_are_each_measured(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tool():
-    """tools/benchmark_onnx.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_onnx", Path(__file__).parents[2] / "tools" / "benchmark_onnx.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+def tool(load_tool):
+    return load_tool("benchmark_onnx")
 
 
 def test_benchmark_tool_reports_parity_and_refuses_unknown_names(tool, capsys):

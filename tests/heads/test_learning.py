@@ -59,27 +59,16 @@ def test_segmentor_learns_coins(coins):
     assert after["miou"] > 0.8
 
 
-def _tool(name):
-    """tools/NAME.py as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "tools" / f"{name}.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
-def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys):
+def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys, load_tool):
     """tools/finetune_det.py and tools/finetune_seg.py on the coins folders: the training options reach the run (one
     epoch, a checkpoint in --output) and both metrics are reported; without data they say what to give."""
     common = ["--backbone", "test_vmamba", "--img-size", "64", "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"]
     data = ["--train-images", str(coins["train_images"]), "--val-images", str(coins["val_images"])]
-    det = _tool("finetune_det").main(
+    det = load_tool("finetune_det").main(
         common + data + ["--train-ann", str(coins["train_ann"]), "--val-ann", str(coins["val_ann"])]
         + ["--fpn-channels", "32", "--num-convs", "2", "--extra-levels", "0", "--output", str(tmp_path / "det")]
     )  # fmt: skip
-    seg = _tool("finetune_seg").main(
+    seg = load_tool("finetune_seg").main(
         common + data + ["--train-masks", str(coins["train_masks"]), "--val-masks", str(coins["val_masks"])]
         + ["--num-classes", "2", "--head", "mlp", "--channels", "32"]
     )  # fmt: skip
@@ -93,5 +82,5 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     assert state["epoch"] == 0 and (state["config"]["lr"], state["config"]["batch_size"]) == (3e-3, 16)
     for name, missing in (("finetune_det", "--train-ann"), ("finetune_seg", "--num-classes")):
         with pytest.raises(SystemExit):
-            _tool(name).main(["--backbone", "test_vmamba"])
+            load_tool(name).main(["--backbone", "test_vmamba"])
         assert "give --coins DIR, or all of" in (err := capsys.readouterr().err) and missing in err

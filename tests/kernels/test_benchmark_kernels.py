@@ -1,23 +1,13 @@
 """tools/benchmark_kernels.py: without a GPU it says so and exits with code 2; its kernel cases are wired right (run
 here once each, forward and backward, at a tiny size on the CPU)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-TOOL = Path(__file__).parents[2] / "tools" / "benchmark_kernels.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("benchmark_kernels", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def tool(load_tool):
+    return load_tool("benchmark_kernels")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the tool runs the full benchmark")
