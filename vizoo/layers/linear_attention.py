@@ -130,7 +130,35 @@ class MLLALinearAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}"
 
 
-class MagnitudeAwareLinearAttention(nn.Module):
+class _GatedRoPEAttention(nn.Module):
+    """What MALA's two attentions share: q, k, v and the gate o from one 1x1 conv, a 5x5 depthwise LePE on v, 2-D
+    RoPE tables and a 1x1 output projection. NCHW in and out; subclasses give ``forward``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkvo = nn.Conv2d(dim, 4 * dim, 1)
+        self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.rope = RoPE2d(self.head_dim, spacing="linspace")
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (B, C, H, W) -> q, k, v (B, heads, H·W, head_dim), the gate o and LePE(v) (B, C, H, W)."""
+        b, _, h, w = x.shape
+        q, k, v, o = self.qkvo(x).chunk(4, dim=1)
+        lepe = self.lepe(v)
+        q, k, v = (t.reshape(b, self.num_heads, self.head_dim, h * w).transpose(-1, -2) for t in (q, k, v))
+        return q, k, v, o, lepe
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}"
+
+
+class MagnitudeAwareLinearAttention(_GatedRoPEAttention):
     """MALA: magnitude-aware linear attention with RoPE, LePE and an output gate (Fan et al., ICCV 2025). NCHW.
 
     φ = ELU+1 on q and k, s = d^-1/2, z_i = s · φq_i·mean_j φk_j, KV = (s/N) Σ_j RoPE(φk_j)ᵀ v_j, and::
@@ -148,25 +176,11 @@ class MagnitudeAwareLinearAttention(nn.Module):
     In the model a LayerNorm precedes the mixer and keeps activations far from this.
     """
 
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkvo = nn.Conv2d(dim, 4 * dim, 1)
-        self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.proj = nn.Conv2d(dim, dim, 1)
-        self.rope = RoPE2d(self.head_dim, spacing="linspace")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         n = h * w
-        q, k, v, o = self.qkvo(x).chunk(4, dim=1)
-        lepe = self.lepe(v)
-        q, k, v = (t.reshape(b, self.num_heads, self.head_dim, n).transpose(-1, -2).float() for t in (q, k, v))
-        q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+        q, k, v, o, lepe = self._project(x)
+        q, k, v = F.elu(q.float()) + 1.0, F.elu(k.float()) + 1.0, v.float()
         s = self.head_dim**-0.5
         z = (q @ k.mean(dim=2, keepdim=True).transpose(-1, -2)) * s  # (b, heads, n, 1); a MatMul, not ReduceSum
         sin, cos = self.rope(h, w)
@@ -184,41 +198,20 @@ class MagnitudeAwareLinearAttention(nn.Module):
         limit = torch.finfo(torch.float16).max
         return out.clamp(-limit, limit).to(x.dtype)
 
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}"
 
-
-class SoftmaxAttentionRoPE(nn.Module):
+class SoftmaxAttentionRoPE(_GatedRoPEAttention):
     """MALA's softmax attention for its late stages: the same qkvo conv, RoPE, LePE and gate as
     ``MagnitudeAwareLinearAttention``, with softmax(q kᵀ/√d) v in place of the linear form. NCHW in and out."""
 
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkvo = nn.Conv2d(dim, 4 * dim, 1)
-        self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.proj = nn.Conv2d(dim, dim, 1)
-        self.rope = RoPE2d(self.head_dim, spacing="linspace")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        n = h * w
-        q, k, v, o = self.qkvo(x).chunk(4, dim=1)
-        lepe = self.lepe(v)
-        q, k, v = (t.reshape(b, self.num_heads, self.head_dim, n).transpose(-1, -2) for t in (q, k, v))
+        q, k, v, o, lepe = self._project(x)
         sin, cos = self.rope(h, w)
         q, k = apply_rope_2d(q, sin.to(q.dtype), cos.to(q.dtype)), apply_rope_2d(k, sin.to(k.dtype), cos.to(k.dtype))
         attn = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)
         y = attn.softmax(dim=-1) @ v
         y = y.transpose(-1, -2).reshape(b, c, h, w)
         return self.proj((y + lepe) * o)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}"
 
 
 def _feature_map(name: str):
