@@ -155,6 +155,22 @@ def test_bad_input_says_what_to_do(name, shape, message):
         model.forward_intermediates(torch.randn(1, 3, 64, 64 + m // 2))
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("test_vmamba", dict(depths=(1, 1, 1)), "dims and depths need one entry per stage, got 4 dims and 3 depths"),
+        ("test_spatial_mamba", dict(dims=(16, 32)), "got 2 dims and 4 depths"),
+        ("test_vmamba", dict(downsample="pool"), "unknown downsample 'pool'; use 'conv' .* or 'merge'"),
+        ("test_msvmamba", dict(downsample="pool"), "unknown downsample 'pool'"),
+        ("test_vmamba", dict(stem="pool"), "unknown stem 'pool'"),
+        ("test_efficient_vmamba", dict(stage_blocks=("evss", "evss", "conv", "mbconv")), "unknown block 'conv'"),
+    ],
+)
+def test_bad_layout_arguments_say_what_to_do(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create(name, **kwargs)
+
+
 def test_unknown_model_name():
     with pytest.raises(RuntimeError, match="Unknown model"):
         timm.create_model("vmamba_tinyy")

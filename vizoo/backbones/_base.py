@@ -1,8 +1,8 @@
 """What every hierarchical vizoo backbone shares: input checks and timm's model API over stem -> stages -> norm -> head.
 
-A family subclasses ``StagedBackbone``, builds ``stem``, ``stages`` (an ``nn.Sequential`` whose members each have a
-``grad_checkpointing`` flag), ``norm`` and ``head`` (timm's ``ClassifierHead``), fills ``feature_info`` with one entry
-per stage and sets the class attributes below. It then gets ``forward_features``, ``forward_head``,
+A family subclasses ``StagedBackbone``, builds ``stem``, ``stages`` and ``feature_info`` (``build_stages``: one
+``Stage``, a downsample and blocks, per entry of ``dims``), ``norm`` and ``head`` (timm's ``ClassifierHead``), and
+sets the class attributes below. It then gets ``forward_features``, ``forward_head``,
 ``forward_intermediates``, ``prune_intermediate_layers``, ``no_weight_decay``, ``group_matcher``,
 ``set_grad_checkpointing``, ``get_classifier`` and ``reset_classifier`` with timm's semantics.
 """
@@ -10,14 +10,14 @@ per stage and sets the class attributes below. It then gets ``forward_features``
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-__all__ = ["StagedBackbone", "check_image_input", "run_blocks", "stage_drop_path_rates"]
+__all__ = ["Stage", "StagedBackbone", "build_stages", "check_image_input", "run_blocks", "stage_drop_path_rates"]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) -> None:
@@ -61,6 +61,56 @@ def run_blocks(blocks: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> 
     if grad_checkpointing and not torch.jit.is_scripting():
         return checkpoint_seq(blocks, x)
     return blocks(x)
+
+
+class Stage(nn.Module):
+    """One stage of a hierarchical backbone: an optional downsample, then its blocks, in their own layout
+    ((B, H, W, C) or (B, C, H, W) in and out). ``channels_first`` runs NCHW blocks in an NHWC model: the map is
+    permuted to NCHW for the blocks and back after them."""
+
+    def __init__(self, downsample: nn.Module | None, blocks: Iterable[nn.Module], channels_first: bool = False):
+        super().__init__()
+        self.downsample = nn.Identity() if downsample is None else downsample
+        self.blocks = nn.Sequential(*blocks)
+        self.channels_first = channels_first
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.channels_first:
+            return run_blocks(self.blocks, x.permute(0, 3, 1, 2), self.grad_checkpointing).permute(0, 2, 3, 1)
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
+
+
+def build_stages(
+    dims: Sequence[int],
+    depths: Sequence[int],
+    drop_path_rate: float,
+    downsample: Callable[[int, int], nn.Module],
+    block: Callable[[int, int, float], nn.Module],
+    channels_first: Sequence[bool] = (),
+    first_reduction: int = 4,
+) -> tuple[nn.Sequential, list[dict]]:
+    """A ``Stage`` per entry of ``dims`` and timm's ``feature_info`` for them.
+
+    Stage i opens with ``downsample(dims[i - 1], dims[i])`` (none in stage 0) and has ``depths[i]`` blocks
+    ``block(i, dims[i], drop_path)``, stochastic depth rising over all blocks (``stage_drop_path_rates``). Its
+    output is ``first_reduction · 2^i`` times smaller than the input image. ``channels_first[i]``: see ``Stage``.
+    """
+    if len(depths) != len(dims):
+        raise ValueError(f"dims and depths need one entry per stage, got {len(dims)} dims and {len(depths)} depths")
+    rates = stage_drop_path_rates(depths, drop_path_rate)
+    stages, feature_info = nn.Sequential(), []
+    for i, dim in enumerate(dims):
+        stages.append(
+            Stage(
+                downsample(dims[i - 1], dim) if i else None,
+                [block(i, dim, rate) for rate in rates[i]],
+                channels_first=bool(channels_first) and channels_first[i],
+            )
+        )
+        feature_info.append(dict(num_chs=dim, reduction=first_reduction * 2**i, module=f"stages.{i}"))
+    return stages, feature_info
 
 
 class StagedBackbone(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.fusion import fuse_bn_conv1x1, fuse_bn_linear, fuse_conv_bn
 
@@ -126,17 +126,6 @@ class ConvBNDownsample(nn.Module):
         return self.norm(self.proj(x))
 
 
-class CASViTStage(nn.Module):
-    def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, drop_path: list[float], mlp_ratio: float):
-        super().__init__()
-        self.downsample = ConvBNDownsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[AdditiveBlock(dim, mlp_ratio, drop_path[i]) for i in range(depth)])
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
-
-
 class CASViT(StagedBackbone):
     """CAS-ViT (the official ``RCViT``): conv stem (stride 4), four stages of additive blocks, BN, GAP, linear.
 
@@ -173,12 +162,13 @@ class CASViT(StagedBackbone):
             nn.BatchNorm2d(dims[0]),
             nn.ReLU(),
         )
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        stages, self.feature_info = [], []
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            stages.append(CASViTStage(dims[max(i - 1, 0)], dim, depth, i > 0, stage_dpr[i], mlp_ratio))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            ConvBNDownsample,
+            lambda i, dim, drop_path: AdditiveBlock(dim, mlp_ratio, drop_path),
+        )
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(init_trunc_normal)

@@ -28,51 +28,12 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from timm.models.swin_transformer import PatchMerging
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.efficient_vmamba import EfficientVSSBlock
 from vizoo.layers.vmamba_blocks import PatchStem
 
 __all__ = ["EfficientVMamba"]
-
-
-class EfficientVMambaStage(nn.Module):
-    """Optional patch merging, then ``depth`` blocks: EVSS (``block="evss"``) or inverted residuals
-    (``block="mbconv"``, run channel-first). (B, H, W, C) in and out."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        dim: int,
-        depth: int,
-        downsample: bool,
-        block: str,
-        drop_path: list[float],
-        mbconv_expansion: float = 4.0,
-        mbconv_se_ratio: float = 0.125,
-        **ssm_kwargs,
-    ):
-        super().__init__()
-        self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
-        self.channels_first = block == "mbconv"
-        if block == "evss":
-            blocks = [EfficientVSSBlock(dim, drop_path=dp, **ssm_kwargs) for dp in drop_path[:depth]]
-        elif block == "mbconv":
-            se_layer = partial(SqueezeExcite, rd_ratio=mbconv_se_ratio)
-            blocks = [
-                InvertedResidual(dim, dim, exp_ratio=mbconv_expansion, se_layer=se_layer, drop_path_rate=dp)
-                for dp in drop_path[:depth]
-            ]
-        else:
-            raise ValueError(f"unknown block {block!r}; use 'evss' or 'mbconv'")
-        self.blocks = nn.Sequential(*blocks)
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.channels_first:
-            return run_blocks(self.blocks, x.permute(0, 3, 1, 2), self.grad_checkpointing).permute(0, 2, 3, 1)
-        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
 
 class EfficientVMamba(StagedBackbone):
@@ -115,23 +76,22 @@ class EfficientVMamba(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = PatchStem(in_chans, dims[0])
 
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
+        unknown = sorted(set(stage_blocks) - {"evss", "mbconv"})
+        if unknown:
+            raise ValueError(f"unknown block {unknown[0]!r} in stage_blocks; use 'evss' or 'mbconv'")
         ssm_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, gate=True, conv_bias=True, scan_backend=scan_backend)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        for i, (dim, depth, block) in enumerate(zip(dims, depths, stage_blocks)):
-            self.stages.append(
-                EfficientVMambaStage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    depth,
-                    downsample=i > 0,
-                    block=block,
-                    drop_path=stage_dpr[i],
-                    **ssm_kwargs,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        se_layer = partial(SqueezeExcite, rd_ratio=0.125)
+
+        def block(i: int, dim: int, drop_path: float) -> nn.Module:
+            if stage_blocks[i] == "evss":
+                return EfficientVSSBlock(dim, drop_path=drop_path, **ssm_kwargs)
+            return InvertedResidual(dim, dim, exp_ratio=4.0, se_layer=se_layer, drop_path_rate=drop_path)
+
+        # inverted residuals are conv blocks: they run channel-first inside the channel-last model
+        channels_first = [kind == "mbconv" for kind in stage_blocks]
+        self.stages, self.feature_info = build_stages(
+            dims, depths, drop_path_rate, PatchMerging, block, channels_first=channels_first
+        )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks
+from vizoo.backbones._base import Stage, StagedBackbone
 from vizoo.backbones._builder import build_vizoo_model, check_converted
 from vizoo.kernels import additive_recurrence, linear_attention
 
@@ -123,19 +123,6 @@ class LightNetBlock(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-class LightNetLayer(nn.Module):
-    """One block seen as a ``StagedBackbone`` stage (no downsampling), so that every block is a feature level."""
-
-    def __init__(self, block: LightNetBlock):
-        super().__init__()
-        self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(block)
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, x, self.grad_checkpointing)
-
-
 class LightNetStem(nn.Module):
     """Patch embedding to an NHWC map, then MD-TPE."""
 
@@ -189,9 +176,10 @@ class LightNet(StagedBackbone):
         self.input_multiple = patch_size
         self.stem = LightNetStem(in_chans, embed_dim, patch_size, tpe_radius)
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        # every block is a stage of its own (no downsampling), so that every block is a feature level
         self.stages = nn.Sequential(
             *[
-                LightNetLayer(LightNetBlock(embed_dim, num_heads, mlp_ratio, gate_rank, lrpe, dpr[i], attn_backend))
+                Stage(None, [LightNetBlock(embed_dim, num_heads, mlp_ratio, gate_rank, lrpe, dpr[i], attn_backend)])
                 for i in range(depth)
             ]
         )

@@ -27,7 +27,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MagnitudeAwareLinearAttention, SoftmaxAttentionRoPE
 
@@ -81,19 +81,6 @@ class ConvBNDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.reduction(x))
-
-
-class MALAStage(nn.Module):
-    def __init__(self, in_dim, dim, depth, num_heads, attn_type, downsample, drop_path, mlp_ratio, layer_scale_init):
-        super().__init__()
-        self.downsample = ConvBNDownsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(
-            *[MALABlock(dim, num_heads, attn_type, mlp_ratio, drop_path[i], layer_scale_init) for i in range(depth)]
-        )
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class ConvProjection(nn.Module):
@@ -162,24 +149,15 @@ class MALA(StagedBackbone):
             nn.Conv2d(half, dims[0], 3, 2, 1),
             nn.BatchNorm2d(dims[0]),
         )
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        stages, self.feature_info = [], []
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            stages.append(
-                MALAStage(
-                    dims[max(i - 1, 0)],
-                    dim,
-                    depth,
-                    num_heads[i],
-                    attn_layout[i].upper(),
-                    i > 0,
-                    stage_dpr[i],
-                    mlp_ratio,
-                    layer_scale_init[i],
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            ConvBNDownsample,
+            lambda i, dim, drop_path: MALABlock(
+                dim, num_heads[i], attn_layout[i].upper(), mlp_ratio, drop_path, layer_scale_init[i]
+            ),
+        )
         self.norm = ConvProjection(dims[-1], head_hidden)
         self.head = ClassifierHead(head_hidden, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(partial(init_trunc_normal, layer_types=(nn.Conv2d, nn.Linear)))

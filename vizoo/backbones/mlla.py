@@ -23,7 +23,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MLLALinearAttention
 
@@ -109,19 +109,6 @@ class MLLABlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class MLLAStage(nn.Module):
-    def __init__(self, in_dim, dim, depth, num_heads, downsample, drop_path, mlp_ratio, qkv_bias):
-        super().__init__()
-        self.downsample = MBConvDownsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(
-            *[MLLABlock(dim, num_heads, mlp_ratio, qkv_bias, drop_path[i]) for i in range(depth)]
-        )
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
-
-
 class MLLA(StagedBackbone):
     """MLLA: conv stem (stride 4), four stages of MLLA blocks with channels doubling, LayerNorm, GAP, linear.
 
@@ -154,23 +141,13 @@ class MLLA(StagedBackbone):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = MLLAStem(in_chans, embed_dim)
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        stages, self.feature_info = [], []
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            stages.append(
-                MLLAStage(
-                    dims[max(i - 1, 0)],
-                    dim,
-                    depth,
-                    num_heads[i],
-                    i > 0,
-                    stage_dpr[i],
-                    mlp_ratio,
-                    qkv_bias,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            MBConvDownsample,
+            lambda i, dim, drop_path: MLLABlock(dim, num_heads[i], mlp_ratio, qkv_bias, drop_path),
+        )
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC")
         self.apply(init_trunc_normal)

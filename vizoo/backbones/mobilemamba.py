@@ -36,26 +36,13 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientvit_msra import PatchEmbedding
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.fusion import batchnorm_scale_shift, fuse_bn_linear, fuse_conv_norms
 from vizoo.layers.mobilemamba import BatchNormClassifierHead, MobileMambaBlock, subsample
 from vizoo.utils.checkpoint import CheckpointError
 
 __all__ = ["MobileMamba"]
-
-
-class MobileMambaStage(nn.Module):
-    """Optional subsample (stages 2 and 3), then MobileMamba blocks. (B, C, H, W) in and out."""
-
-    def __init__(self, in_dim: int, dim: int, downsample: bool, drop_path: list[float], **block_kwargs):
-        super().__init__()
-        self.downsample = subsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[MobileMambaBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class MobileMamba(StagedBackbone):
@@ -105,24 +92,22 @@ class MobileMamba(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.input_multiple = input_multiple
         self.stem = PatchEmbedding(in_chans, dims[0])
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        for i, (dim, gr, lr, k) in enumerate(zip(dims, global_ratios, local_ratios, kernel_sizes)):
-            self.stages.append(
-                MobileMambaStage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    i > 0,
-                    stage_dpr[i],
-                    global_ratio=gr,
-                    local_ratio=lr,
-                    kernel_size=k,
-                    ssm_ratio=ssm_ratio,
-                    scan_backend=scan_backend,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=16 * 2**i, module=f"stages.{i}"))
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            subsample,
+            lambda i, dim, drop_path: MobileMambaBlock(
+                dim,
+                drop_path=drop_path,
+                global_ratio=global_ratios[i],
+                local_ratio=local_ratios[i],
+                kernel_size=kernel_sizes[i],
+                ssm_ratio=ssm_ratio,
+                scan_backend=scan_backend,
+            ),
+            first_reduction=16,
+        )
         self.norm = nn.Identity()
         self.head = BatchNormClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.head.apply(init_trunc_normal)

@@ -31,35 +31,13 @@ import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
-from timm.models.swin_transformer import PatchMerging
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
-from vizoo.layers import ConvDownsample, ConvStem, PatchStem
+from vizoo.layers import ConvDownsample, ConvStem, PatchStem, downsample_layer, stem_layer
 from vizoo.layers.msvmamba import MSVSSBlock
 
 __all__ = ["MSVMamba"]
-
-
-class MSVMambaStage(nn.Module):
-    """Optional downsample ("merge": patch merging, v1; "conv": conv3x3 s2, v3), then multi-scale VSS blocks, one
-    per entry of ``drop_path``. (B, H, W, C) in and out."""
-
-    def __init__(self, in_dim: int, dim: int, downsample: str | None, drop_path: list[float], **block_kwargs):
-        super().__init__()
-        if downsample is None:
-            self.downsample = nn.Identity()
-        elif downsample == "merge":
-            self.downsample = PatchMerging(in_dim, dim)
-        elif downsample == "conv":
-            self.downsample = ConvDownsample(in_dim, dim)
-        else:
-            raise ValueError(f"unknown downsample {downsample!r}; use 'merge' (v1) or 'conv' (v3)")
-        self.blocks = nn.Sequential(*[MSVSSBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class MSVMamba(StagedBackbone):
@@ -111,35 +89,26 @@ class MSVMamba(StagedBackbone):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
-        if stem == "patch":
-            self.stem = PatchStem(in_chans, dims[0])
-        elif stem == "conv":
-            self.stem = ConvStem(in_chans, dims[0])
-        else:
-            raise ValueError(f"unknown stem {stem!r}; use 'patch' (v1) or 'conv' (v3)")
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        for i, dim in enumerate(dims):
-            self.stages.append(
-                MSVMambaStage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    downsample if i else None,
-                    stage_dpr[i],
-                    ffn_expansion=ffn_expansion,
-                    ffn_post_norm=ffn_post_norm,
-                    d_state=d_state,
-                    ssm_ratio=ssm_ratio,
-                    gate=gate,
-                    upsample=upsample,
-                    norm_after_merge=norm_after_merge,
-                    full_res_group=full_res_group,
-                    se_reduction=se_reduction,
-                    scan_backend=scan_backend,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.stem = stem_layer(stem)(in_chans, dims[0])
+        block_kwargs = dict(
+            ffn_expansion=ffn_expansion,
+            ffn_post_norm=ffn_post_norm,
+            d_state=d_state,
+            ssm_ratio=ssm_ratio,
+            gate=gate,
+            upsample=upsample,
+            norm_after_merge=norm_after_merge,
+            full_res_group=full_res_group,
+            se_reduction=se_reduction,
+            scan_backend=scan_backend,
+        )
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            downsample_layer(downsample),
+            lambda i, dim, drop_path: MSVSSBlock(dim, drop_path=drop_path, **block_kwargs),
+        )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt

@@ -20,24 +20,11 @@ import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem, SpatialMambaBlock
 
 __all__ = ["SpatialMamba"]
-
-
-class SpatialMambaStage(nn.Module):
-    """Optional downsample, then ``depth`` Spatial-Mamba blocks. (B, H, W, C) in and out."""
-
-    def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, drop_path: list[float], **block_kwargs):
-        super().__init__()
-        self.downsample = MllaDownsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[SpatialMambaBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class SpatialMamba(StagedBackbone):
@@ -75,24 +62,14 @@ class SpatialMamba(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
         self.stem = MllaStem(in_chans, dims[0])
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            self.stages.append(
-                SpatialMambaStage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    depth,
-                    i > 0,
-                    stage_dpr[i],
-                    mlp_ratio=mlp_ratio,
-                    d_state=d_state,
-                    expand=expand,
-                    scan_backend=scan_backend,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        block_kwargs = dict(mlp_ratio=mlp_ratio, d_state=d_state, expand=expand, scan_backend=scan_backend)
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            MllaDownsample,
+            lambda i, dim, drop_path: SpatialMambaBlock(dim, drop_path=drop_path, **block_kwargs),
+        )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt

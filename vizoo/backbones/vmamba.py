@@ -22,45 +22,12 @@ import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
-from timm.models.swin_transformer import PatchMerging
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
-from vizoo.layers import ConvDownsample, ConvStem, PatchStem, VSSBlock
+from vizoo.layers import ConvStem, PatchStem, VSSBlock, downsample_layer, stem_layer
 
 __all__ = ["VMamba"]
-
-
-class VMambaStage(nn.Module):
-    """Optional downsample (all stages but the first), then ``depth`` VSS blocks. (B, H, W, C) in and out."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        dim: int,
-        depth: int,
-        downsample: str | None,
-        drop_path: list[float],
-        mlp_ratio: float,
-        **ssm_kwargs,
-    ):
-        super().__init__()
-        if downsample is None:
-            self.downsample = nn.Identity()
-        elif downsample == "conv":
-            self.downsample = ConvDownsample(in_dim, dim)
-        elif downsample == "merge":
-            self.downsample = PatchMerging(in_dim, dim)
-        else:
-            raise ValueError(f"unknown downsample {downsample!r}; use 'conv' (v2) or 'merge' (v0)")
-        self.blocks = nn.Sequential(
-            *[VSSBlock(dim, drop_path=drop_path[i], mlp_ratio=mlp_ratio, **ssm_kwargs) for i in range(depth)]
-        )
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        return run_blocks(self.blocks, x, self.grad_checkpointing)
 
 
 class VMamba(StagedBackbone):
@@ -105,33 +72,18 @@ class VMamba(StagedBackbone):
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
-        if stem == "conv":
-            self.stem = ConvStem(in_chans, dims[0])
-        elif stem == "patch":
-            self.stem = PatchStem(in_chans, dims[0])
-        else:
-            raise ValueError(f"unknown stem {stem!r}; use 'conv' (v2) or 'patch' (v0)")
+        self.stem = stem_layer(stem)(in_chans, dims[0])
 
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            self.stages.append(
-                VMambaStage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    depth,
-                    downsample if i else None,
-                    stage_dpr[i],
-                    mlp_ratio,
-                    d_state=d_state,
-                    ssm_ratio=ssm_ratio,
-                    gate=gate,
-                    conv_bias=conv_bias,
-                    scan_backend=scan_backend,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        ssm_kwargs = dict(
+            d_state=d_state, ssm_ratio=ssm_ratio, gate=gate, conv_bias=conv_bias, scan_backend=scan_backend
+        )
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            downsample_layer(downsample),
+            lambda i, dim, drop_path: VSSBlock(dim, drop_path=drop_path, mlp_ratio=mlp_ratio, **ssm_kwargs),
+        )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt

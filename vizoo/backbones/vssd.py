@@ -18,26 +18,13 @@ import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from vizoo.backbones._base import StagedBackbone, run_blocks, stage_drop_path_rates
+from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.backbones.spatial_mamba import rename_mlla_layout
 from vizoo.layers.spatial_mamba import MllaDownsample, MllaStem
 from vizoo.layers.vssd import VSSDBlock
 
 __all__ = ["VSSD"]
-
-
-class VSSDStage(nn.Module):
-    """Optional downsample, then ``depth`` VSSD blocks. (B, H, W, C) in and out."""
-
-    def __init__(self, in_dim: int, dim: int, downsample: bool, drop_path: list[float], **block_kwargs):
-        super().__init__()
-        self.downsample = MllaDownsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[VSSDBlock(dim, drop_path=dp, **block_kwargs) for dp in drop_path])
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class VSSD(StagedBackbone):
@@ -78,24 +65,20 @@ class VSSD(StagedBackbone):
         self.num_features = self.head_hidden_size = dims[-1]
         self.output_fmt = "NHWC"
         self.stem = MllaStem(in_chans, dims[0])
-        stage_dpr = stage_drop_path_rates(depths, drop_path_rate)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        for i, dim in enumerate(dims):
-            ssd_kwargs = dict(d_state=d_state, attn_backend=attn_backend) if attn_types[i] == "ncssd" else {}
-            self.stages.append(
-                VSSDStage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    i > 0,
-                    stage_dpr[i],
-                    num_heads=num_heads[i],
-                    attn_type=attn_types[i],
-                    mlp_ratio=mlp_ratio,
-                    **ssd_kwargs,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
+        self.stages, self.feature_info = build_stages(
+            dims,
+            depths,
+            drop_path_rate,
+            MllaDownsample,
+            lambda i, dim, drop_path: VSSDBlock(
+                dim,
+                drop_path=drop_path,
+                num_heads=num_heads[i],
+                attn_type=attn_types[i],
+                mlp_ratio=mlp_ratio,
+                **(dict(d_state=d_state, attn_backend=attn_backend) if attn_types[i] == "ncssd" else {}),
+            ),
+        )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt

@@ -8,7 +8,7 @@ from vizoo.layers.linear_attention import (
     StripAttention,
 )
 from vizoo.layers.ss2d import SS2D
-from vizoo.layers.vmamba_blocks import ConvDownsample, ConvStem, PatchStem, VSSBlock
+from vizoo.layers.vmamba_blocks import ConvDownsample, ConvStem, PatchStem, VSSBlock, downsample_layer, stem_layer
 
 __all__ = [
     "MagnitudeAwareLinearAttention",
@@ -21,4 +21,6 @@ __all__ = [
     "ConvStem",
     "PatchStem",
     "VSSBlock",
+    "downsample_layer",
+    "stem_layer",
 ]

@@ -1,10 +1,13 @@
-"""VMamba's block and stems, channel-last: (B, H, W, C) in and out of every module but the stems' input."""
+"""VMamba's block, stems and downsamples, channel-last: (B, H, W, C) in and out of every module but the stems' input."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, Mlp
+from timm.models.swin_transformer import PatchMerging
 
 from vizoo.layers.ss2d import SS2D
 
@@ -75,3 +78,22 @@ class ConvDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+def stem_layer(kind: str) -> Callable[[int, int], nn.Module]:
+    """VMamba's stride-4 stem by name: "conv" (``ConvStem``; v2, MSVMamba v3) or "patch" (``PatchStem``, 4x4
+    patchify; v0, MSVMamba v1). Called with (in_chans, dim); (B, C_in, H, W) -> (B, H/4, W/4, dim)."""
+    return _pick("stem", kind, {"conv": ConvStem, "patch": PatchStem}, "'conv' (two conv3x3 stride 2) or 'patch' (4x4)")
+
+
+def downsample_layer(kind: str) -> Callable[[int, int], nn.Module]:
+    """VMamba's downsample between stages by name: "conv" (``ConvDownsample``; v2, MSVMamba v3) or "merge" (Swin's 2x2
+    patch merging; v0, MSVMamba v1). Called with (in_dim, out_dim); (B, H, W, C_in) -> (B, H/2, W/2, C_out)."""
+    layers = {"conv": ConvDownsample, "merge": PatchMerging}
+    return _pick("downsample", kind, layers, "'conv' (conv3x3 stride 2) or 'merge' (2x2 patch merging)")
+
+
+def _pick(what: str, kind: str, layers: dict[str, Callable], choices: str) -> Callable:
+    if kind not in layers:
+        raise ValueError(f"unknown {what} {kind!r}; use {choices}")
+    return layers[kind]
