@@ -1,8 +1,9 @@
-"""Fine-tune an FCOS detector on a COCO-format dataset (or the built-in coins data) and print COCO mAP.
+"""Fine-tune an FCOS detector on a COCO-format dataset (or the built-in coins data), print COCO mAP, and with
+``--onnx`` export it with its NMS (boxes, scores, labels, image index) and check it in onnxruntime.
 
     python tools/finetune_det.py --coins /tmp/coins --backbone test_vmamba --img-size 96 --epochs 8
     python tools/finetune_det.py --train-images imgs/ --train-ann train.json --val-images imgs/ --val-ann val.json \
-        --backbone vmamba_tiny_s1l8 --img-size 512 --epochs 12 --amp --output runs/det
+        --backbone vmamba_tiny_s1l8 --img-size 512 --epochs 12 --amp --output runs/det --onnx runs/det.onnx
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from vizoo.data.coins import build_coins_datasets
 from vizoo.data.detection import CocoDetection, detection_transforms
 from vizoo.eval import coco_map
 from vizoo.heads import create_detector
-from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, finetune_detector
+from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, export_finetuned, finetune_detector
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
     summary = {"untrained": before, "trained": after}
+    if args.onnx:
+        summary["onnx_max_abs_diff"] = export_finetuned(model, args.onnx, size)
     print(json.dumps(summary))
     return summary
 

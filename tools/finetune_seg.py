@@ -16,7 +16,7 @@ from vizoo.data.coins import COINS_CLASSES, build_coins_datasets
 from vizoo.data.segmentation import SegmentationFolder, segmentation_transforms
 from vizoo.eval import segmentation_miou
 from vizoo.heads import SEG_HEADS, create_segmentor
-from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, finetune_segmentor
+from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, export_finetuned, finetune_segmentor
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
     summary = {"untrained": before, "trained": result.metrics}
+    if args.onnx:
+        summary["onnx_max_abs_diff"] = export_finetuned(model, args.onnx, size)
     print(json.dumps(summary))
     return summary
 

@@ -1,4 +1,5 @@
-"""Segmentor and detector (raw, pre-NMS outputs) export to ONNX with onnxruntime parity."""
+"""Segmentor and detector export to ONNX with onnxruntime parity: the detector end to end (NMS in the graph) and as
+raw, pre-NMS outputs."""
 
 import numpy as np
 import pytest
@@ -39,3 +40,38 @@ def test_detector_raw_outputs_onnx_parity(tmp_path):
     dets = model.postprocess(*(torch.from_numpy(o) for o in outputs), image_size=(64, 96))
     ref = model.predict(x)
     assert torch.allclose(dets[0]["scores"], ref[0]["scores"], atol=1e-4)
+
+
+def test_detector_exports_end_to_end_with_nms(tmp_path):
+    """A detector on a vizoo SSM backbone exports with its post-processing: boxes, scores, labels and image index
+    through ONNX NonMaxSuppression, for any batch size, with eager's detections."""
+    import onnx
+    import onnxruntime as ort
+
+    from vizoo.data import photo_batch
+    from vizoo.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_detector("test_vmamba", 4, fpn_channels=16, num_convs=1, max_detections=30).eval()
+    with torch.no_grad():  # spread the scores, so that detections are not near-ties of the init's prior
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    result = export_onnx(model, tmp_path / "det.onnx", img_size=(128, 192))
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-3  # boxes in pixels, up to 192
+    graph = onnx.load(result.path).graph
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "image_index"]
+    assert result.op_counts["NonMaxSuppression"] == 1
+    assert not {"Loop", "Scan", "If"} & set(result.op_counts)
+
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    images = photo_batch((3, 128, 192), count=3)
+    for batch in (images[:1], images):
+        boxes, scores, labels, image_index = session.run(None, {"image": batch.numpy()})
+        expected = model.predict(batch)
+        assert np.array_equal(image_index, np.repeat(np.arange(len(batch)), [len(d["scores"]) for d in expected]))
+        assert all(len(d["scores"]) == 30 for d in expected)  # the cap holds per image
+        want = {k: torch.cat([d[k] for d in expected]).numpy() for k in ("boxes", "scores", "labels")}
+        assert np.array_equal(labels, want["labels"])
+        np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
+        np.testing.assert_allclose(boxes, want["boxes"], atol=1e-3)
+        assert (np.diff(scores[image_index == 0]) <= 0).all()  # by decreasing score within an image

@@ -61,12 +61,14 @@ def test_segmentor_learns_coins(coins):
 
 def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys, load_tool):
     """tools/finetune_det.py and tools/finetune_seg.py on the coins folders: the training options reach the run (one
-    epoch, a checkpoint in --output) and both metrics are reported; without data they say what to give."""
+    epoch, a checkpoint in --output), both metrics are reported and the detector exports (--onnx) with parity; without
+    data they say what to give."""
     common = ["--backbone", "test_vmamba", "--img-size", "64", "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"]
     data = ["--train-images", str(coins["train_images"]), "--val-images", str(coins["val_images"])]
     det = load_tool("finetune_det").main(
         common + data + ["--train-ann", str(coins["train_ann"]), "--val-ann", str(coins["val_ann"])]
         + ["--fpn-channels", "32", "--num-convs", "2", "--extra-levels", "0", "--output", str(tmp_path / "det")]
+        + ["--onnx", str(tmp_path / "det.onnx")]
     )  # fmt: skip
     seg = load_tool("finetune_seg").main(
         common + data + ["--train-masks", str(coins["train_masks"]), "--val-masks", str(coins["val_masks"])]
@@ -75,6 +77,7 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     out = capsys.readouterr().out
     assert all(0 <= summary[key] <= 1 for summary, key in ((det["untrained"], "map"), (det["trained"], "map")))
     assert all(0 <= summary["miou"] <= 1 for summary in seg.values())
+    assert det["onnx_max_abs_diff"] < 1e-3 and f"onnx: {tmp_path / 'det.onnx'} (" in out  # the detector with its NMS
     assert out.count("(losses per epoch [") == 2 and "], " not in out.split("losses per epoch")[1].split("\n")[0]
     checkpoints = list((tmp_path / "det" / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and f"checkpoint: {checkpoints[0]}" in out

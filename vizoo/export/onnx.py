@@ -85,6 +85,9 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` (an instance or a model name) to ONNX at ``output``; input "image" (B, C, H, W) -> "output".
 
+    A ``vizoo.heads.Detector`` exports with its post-processing (``graph_module``): "image" -> "boxes" (M, 4),
+    "scores" (M,), "labels" (M,) and "image_index" (M,), through one ONNX NonMaxSuppression.
+
     With ``check``, the ONNX model is run in onnxruntime on real images and compared with PyTorch (``max_abs_diff``,
     always against the model as given). ``fp16`` stores weights and activations in float16 with float32 inputs and
     outputs. ``mobile`` exports ``vizoo.export.mobile.mobile_friendly(model)``, which NNAPI and CoreML take whole
@@ -99,14 +102,15 @@ def export_onnx(
         model(example)  # fails here, with the model's own message, on a size or channel count it cannot take
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    graph, output_names = graph_module(mobile_friendly(model) if mobile else model)
     with force_backend("torch"), torch.no_grad():
         program = torch.onnx.export(
-            mobile_friendly(model) if mobile else model,
+            graph,
             (example,),
             dynamo=True,
             opset_version=opset,
             input_names=["image"],
-            output_names=["output"],
+            output_names=output_names,
             dynamic_shapes=({0: "batch"},) if dynamic_batch else None,
             verbose=False,
             optimize=False,  # see below
@@ -347,11 +351,37 @@ def _interleaved_times_ms(runners: list, rounds: int, passes: int) -> list[list[
     return times
 
 
+def graph_module(model: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
+    """What exports for ``model``, and its output names: a ``Detector`` with its post-processing (boxes, scores,
+    labels and image index of every detection in the batch, see ``Detector.detections``), any other model as is."""
+    from vizoo.heads.detection import Detector
+
+    if isinstance(model, Detector):
+        return _DetectorWithPostprocess(model).eval(), ["boxes", "scores", "labels", "image_index"]
+    return model, ["output"]
+
+
+class _DetectorWithPostprocess(torch.nn.Module):
+    def __init__(self, detector: torch.nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.detector.detections(*self.detector(images), tuple(images.shape[-2:]))
+
+
 def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
-    """Largest absolute difference between onnxruntime (CPU) and PyTorch eager on ``images``."""
+    """Largest absolute difference between onnxruntime (CPU) and PyTorch eager on ``images`` over all outputs of
+    ``graph_module(model)``; inf where an output's shape differs (a detector that finds other boxes)."""
+    graph, _ = graph_module(model)
     with torch.no_grad():
-        expected = model(images).numpy()
-    return float(np.abs(run_onnx(path, images) - expected).max())
+        expected = graph(images)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = _onnx_runner(path, images)()
+    return max(
+        float(np.abs(g - e.numpy()).max(initial=0.0)) if g.shape == tuple(e.shape) else math.inf
+        for g, e in zip(got, expected)
+    )
 
 
 def mobile_usability(path: str | os.PathLike) -> dict[str, dict]:

@@ -9,7 +9,7 @@ its centre to the box sides, and a centre-ness logit. Training targets: a locati
 within ``center_radius * stride`` of the box centre (and inside the box) and the box's largest distance falls in the
 level's scale range; ties go to the smallest box. Losses go through torchvision.ops: sigmoid focal loss (classes),
 generalised IoU (boxes, weighted by the centre-ness target) and binary cross-entropy (centre-ness). Inference:
-scores sqrt(sigmoid(cls) * sigmoid(centreness)), top-k, then ``torchvision.ops.batched_nms``.
+scores sqrt(sigmoid(cls) * sigmoid(centreness)), top-k, then class-wise NMS (``torchvision.ops.nms``).
 
 ``Detector.forward`` returns the raw, NMS-free head outputs (that is what exports to ONNX); ``loss`` and ``predict``
 work on them.
@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import (
     FeaturePyramidNetwork,
-    batched_nms,
     clip_boxes_to_image,
     generalized_box_iou_loss,
+    nms,
     sigmoid_focal_loss,
 )
 
@@ -280,20 +280,42 @@ class Detector(nn.Module):
         self, cls: torch.Tensor, dist: torch.Tensor, ctr: torch.Tensor, image_size: tuple[int, int]
     ) -> list[dict[str, torch.Tensor]]:
         """Raw outputs (as ``forward`` returns them, for the last forward's sizes) -> detections per image."""
+        boxes, scores, labels, images = self.detections(cls, dist, ctr, image_size)
+        return [
+            {"boxes": boxes[images == i], "scores": scores[images == i], "labels": labels[images == i]}
+            for i in range(cls.shape[0])
+        ]
+
+    def detections(
+        self, cls: torch.Tensor, dist: torch.Tensor, ctr: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw outputs -> the batch's detections as flat tensors, image by image and by decreasing score in each:
+        boxes (M, 4) x1y1x2y2 in input pixels, scores (M,), labels (M,) and the image index of each (M,).
+
+        Per image: the ``pre_nms_top_k`` best (location, class) scores, NMS within each class (``nms_thresh``), then
+        those above ``score_thresh``, at most ``max_detections``. Thresholding after NMS gives the same detections as
+        before it (boxes are suppressed only by higher-scoring ones). One NMS call serves the whole batch: each image
+        and class is shifted to its own region of the plane (torchvision's coordinate trick), so this code also
+        exports, to one ONNX NonMaxSuppression (``vizoo.export.export_onnx`` of a ``Detector``).
+        """
+        batch, locations, num_classes = cls.shape
         points, _, _ = self.points(cls.device)
-        scores_all = (cls.float().sigmoid() * ctr.float().sigmoid()[..., None]).sqrt()  # (B, N, K)
-        results = []
-        for scores, d in zip(scores_all, dist.float()):
-            flat = scores.flatten()
-            keep = torch.nonzero(flat > self.score_thresh).squeeze(1)
-            if keep.numel() > self.pre_nms_top_k:
-                keep = keep[flat[keep].topk(self.pre_nms_top_k).indices]
-            loc, label = keep // self.num_classes, keep % self.num_classes
-            boxes = clip_boxes_to_image(decode_boxes(points[loc], d[loc]), image_size)
-            score = flat[keep]
-            kept = batched_nms(boxes, score, label, self.nms_thresh)[: self.max_detections]
-            results.append({"boxes": boxes[kept], "scores": score[kept], "labels": label[kept]})
-        return results
+        scores = (cls.float().sigmoid() * ctr.float().sigmoid()[..., None]).sqrt().flatten(1)  # (B, N K)
+        scores, index = scores.topk(min(self.pre_nms_top_k, locations * num_classes), dim=1)  # (B, T)
+        loc, labels = index // num_classes, index % num_classes
+        dist = dist.float().gather(1, loc[..., None].expand(-1, -1, 4))
+        boxes = clip_boxes_to_image(decode_boxes(points[loc], dist), image_size).flatten(0, 1)  # (B T, 4)
+        images = torch.arange(batch, device=cls.device)[:, None].expand_as(labels).flatten()
+        scores, labels = scores.flatten(), labels.flatten()
+        shift = (images * num_classes + labels).to(boxes.dtype) * (max(image_size) + 1)
+        kept = nms(boxes + shift[:, None], scores, self.nms_thresh)  # by decreasing score
+        # each kept box's rank among its image's kept boxes: a running count per image
+        same_image = (images[kept, None] == torch.arange(batch, device=cls.device)).long()
+        rank = same_image.cumsum(0).gather(1, images[kept, None]).squeeze(1) - 1
+        kept = kept[(scores[kept] > self.score_thresh) & (rank < self.max_detections)]
+        # image by image, by decreasing score (scores are in [0, 1]; float64 keeps float32 scores apart in the key)
+        kept = kept[torch.argsort(images[kept].double() * 2 - scores[kept].double())]
+        return boxes[kept], scores[kept], labels[kept], images[kept]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -76,6 +76,21 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=defaults.num_workers)
     parser.add_argument("--output", help="checkpoint folder (OUTPUT/checkpoints/step-N)")
     parser.add_argument("--resume", help="a checkpoint folder to continue from")
+    parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="then export the fine-tuned model to ONNX (a detector with its NMS) at --img-size, with parity checked",
+    )
+
+
+def export_finetuned(model: torch.nn.Module, path: str | os.PathLike, img_size: int | tuple[int, int]) -> float:
+    """Export a fine-tuned detector or segmentor to ONNX (dynamic batch; a detector with its post-processing, see
+    ``vizoo.export.graph_module``), print where, and return onnxruntime's max abs difference from PyTorch on photos."""
+    from vizoo.export import export_onnx
+
+    result = export_onnx(model.cpu().eval(), path, img_size=img_size)
+    print(f"onnx: {result.path} ({result.nodes} nodes), onnxruntime vs PyTorch max abs diff {result.max_abs_diff:.1e}")
+    return result.max_abs_diff
 
 
 @dataclass
