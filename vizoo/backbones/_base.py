@@ -88,7 +88,7 @@ def build_stages(
     drop_path_rate: float,
     downsample: Callable[[int, int], nn.Module],
     block: Callable[[int, int, float], nn.Module],
-    channels_first: Sequence[bool] = (),
+    channels_first: Sequence[bool] | None = None,
     first_reduction: int = 4,
 ) -> tuple[nn.Sequential, list[dict]]:
     """A ``Stage`` per entry of ``dims`` and timm's ``feature_info`` for them.
@@ -106,7 +106,7 @@ def build_stages(
             Stage(
                 downsample(dims[i - 1], dim) if i else None,
                 [block(i, dim, rate) for rate in rates[i]],
-                channels_first=bool(channels_first) and channels_first[i],
+                channels_first=channels_first is not None and channels_first[i],
             )
         )
         feature_info.append(dict(num_chs=dim, reduction=first_reduction * 2**i, module=f"stages.{i}"))

@@ -281,9 +281,10 @@ class Detector(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:
         """Raw outputs (as ``forward`` returns them, for the last forward's sizes) -> detections per image."""
         boxes, scores, labels, images = self.detections(cls, dist, ctr, image_size)
+        counts = torch.bincount(images, minlength=cls.shape[0]).tolist()  # detections come image by image
         return [
-            {"boxes": boxes[images == i], "scores": scores[images == i], "labels": labels[images == i]}
-            for i in range(cls.shape[0])
+            {"boxes": b, "scores": s, "labels": lab}
+            for b, s, lab in zip(boxes.split(counts), scores.split(counts), labels.split(counts))
         ]
 
     def detections(
@@ -310,8 +311,8 @@ class Detector(nn.Module):
         shift = (images * num_classes + labels).to(boxes.dtype) * (max(image_size) + 1)
         kept = nms(boxes + shift[:, None], scores, self.nms_thresh)  # by decreasing score
         # each kept box's rank among its image's kept boxes: a running count per image
-        same_image = (images[kept, None] == torch.arange(batch, device=cls.device)).long()
-        rank = same_image.cumsum(0).gather(1, images[kept, None]).squeeze(1) - 1
+        kept_images = images[kept, None]
+        rank = (kept_images == torch.arange(batch, device=cls.device)).long().cumsum(0).gather(1, kept_images)[:, 0] - 1
         kept = kept[(scores[kept] > self.score_thresh) & (rank < self.max_detections)]
         # image by image, by decreasing score (scores are in [0, 1]; float64 keeps float32 scores apart in the key)
         kept = kept[torch.argsort(images[kept].double() * 2 - scores[kept].double())]
