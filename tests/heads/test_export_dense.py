@@ -75,3 +75,27 @@ def test_detector_exports_end_to_end_with_nms(tmp_path):
         np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
         np.testing.assert_allclose(boxes, want["boxes"], atol=1e-3)
         assert (np.diff(scores[image_index == 0]) <= 0).all()  # by decreasing score within an image
+
+
+def test_fp16_detector_keeps_its_postprocessing_in_float32(tmp_path):
+    """With fp16, the network runs in float16 but NMS's per-image, per-class coordinate shift does not: at batch 2 with
+    200 classes it reaches (2·200)·193 > 65504 (inf in float16), and above 32768 float16 rounds boxes to 32 px. Here
+    every location predicts a box 8 strides wide for the last class, so NMS has overlaps to remove; the float16 graph
+    must keep the boxes that eager keeps."""
+    from vizoo.data import photo_batch
+    from vizoo.export import export_onnx, max_abs_diff
+
+    torch.manual_seed(0)
+    model = create_detector("resnet18", 200, fpn_channels=16, num_convs=1, max_detections=30).eval()
+    with torch.no_grad():
+        model.head.cls_logits.weight.normal_(std=0.05)
+        model.head.cls_logits.bias[-1] = 3.0
+        model.head.bbox_pred.weight.normal_(std=0.01)
+        model.head.bbox_pred.bias.fill_(4.0)
+    result = export_onnx(model, tmp_path / "det16.onnx", img_size=(128, 192), fp16=True, check=False)
+    assert result.op_counts["NonMaxSuppression"] == 1
+    images = photo_batch((3, 128, 192), count=2)
+    expected = model.predict(images)
+    assert [len(d["scores"]) for d in expected] == [30, 30] and all((d["labels"] == 199).all() for d in expected)
+    # same detections in the same order; boxes within float16's rounding of the network's distances
+    assert max_abs_diff(result.path, model, images) < 0.1

@@ -90,11 +90,14 @@ def export_onnx(
 
     With ``check``, the ONNX model is run in onnxruntime on real images and compared with PyTorch (``max_abs_diff``,
     always against the model as given). ``fp16`` stores weights and activations in float16 with float32 inputs and
-    outputs. ``mobile`` exports ``vizoo.export.mobile.mobile_friendly(model)``, which NNAPI and CoreML take whole
-    (tanh GELU: parity about 1e-3 instead of 1e-6).
+    outputs; a detector's post-processing stays in float32 (``_fp16_detector_graph``). ``mobile`` exports
+    ``vizoo.export.mobile.mobile_friendly(model)``, which NNAPI and CoreML take whole (tanh GELU: parity about 1e-3
+    instead of 1e-6).
     """
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: vizoo graphs need opset >= {MIN_OPSET} for LayerNormalization")
+    import onnx
+
     model = resolve_model(model)
     shape = input_shape(model, img_size)
     example = torch.randn(2 if dynamic_batch else 1, *shape)
@@ -103,47 +106,95 @@ def export_onnx(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     graph, output_names = graph_module(mobile_friendly(model) if mobile else model)
-    with force_backend("torch"), torch.no_grad():
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=output_names,
-            dynamic_shapes=({0: "batch"},) if dynamic_batch else None,
-            verbose=False,
-            optimize=False,  # see below
-        )
-    import onnx
-
-    if simplify:
-        # torch's own optimize pass (onnxscript's optimizer) gives the same graph on vizoo's models, but one of its
-        # rewrite rules is quadratic in the node count: it took 617 of 664 s for vmamba_tiny_s1l8 (4,793 nodes).
-        # Constant folding and onnxslim take about 20 s there.
-        import onnx_ir
-        import onnxscript
-        import onnxslim
-
-        onnxscript.optimizer.fold_constants(program.model)
-        _drop_same_type_castlike(program.model)
-        onnx_ir.passes.common.RemoveUnusedNodesPass()(program.model)
-        onnx_model = onnxslim.slim(program.model_proto)
-        order_gelu_for_fusion(onnx_model)
-        if not mobile:  # CoreML lacks Flatten; the mobile runtimes lay out transposes themselves
-            keep_block_transposes(onnx_model)
+    options = dict(dynamic_batch=dynamic_batch, opset=opset, simplify=simplify, mobile=mobile)
+    if fp16 and isinstance(graph, _DetectorWithPostprocess):
+        onnx_model = _fp16_detector_graph(graph.detector, example, output_names, **options)
     else:
-        onnx_model = program.model_proto
-    if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        onnx_model = convert_float_to_float16(onnx_model, keep_io_types=True)
+        onnx_model = _onnx_graph(graph, (example,), ["image"], output_names, **options)
+        if fp16:
+            onnx_model = _to_fp16(onnx_model)
     onnx.save(onnx_model, output)
     result = ExportResult(output, len(onnx_model.graph.node), Counter(n.op_type for n in onnx_model.graph.node))
     if check:
         images = sample_images(shape, model, count=4 if dynamic_batch else 1)
         result.max_abs_diff = max_abs_diff(output, model, images)
     return result
+
+
+def _onnx_graph(
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_batch: bool,
+    opset: int,
+    simplify: bool,
+    mobile: bool,
+):
+    """``module`` on ``inputs`` as an ONNX ModelProto, through torch's exporter with the kernels' torch paths, then
+    simplified (``simplify``) and shaped for onnxruntime (not for ``mobile``). ``dynamic_batch``: axis 0 of every input
+    is "batch"."""
+    with force_backend("torch"), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            inputs,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=tuple({0: "batch"} for _ in inputs) if dynamic_batch else None,
+            verbose=False,
+            optimize=False,  # see below
+        )
+    if not simplify:
+        return program.model_proto
+    # torch's own optimize pass (onnxscript's optimizer) gives the same graph on vizoo's models, but one of its
+    # rewrite rules is quadratic in the node count: it took 617 of 664 s for vmamba_tiny_s1l8 (4,793 nodes).
+    # Constant folding and onnxslim take about 20 s there.
+    import onnx_ir
+    import onnxscript
+    import onnxslim
+
+    onnxscript.optimizer.fold_constants(program.model)
+    _drop_same_type_castlike(program.model)
+    onnx_ir.passes.common.RemoveUnusedNodesPass()(program.model)
+    onnx_model = onnxslim.slim(program.model_proto)
+    order_gelu_for_fusion(onnx_model)
+    if not mobile:  # CoreML lacks Flatten; the mobile runtimes lay out transposes themselves
+        keep_block_transposes(onnx_model)
+    return onnx_model
+
+
+def _to_fp16(onnx_model):
+    """Weights and activations in float16, inputs and outputs kept in float32."""
+    import onnx_ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = onnx_ir.from_proto(convert_float_to_float16(onnx_model, keep_io_types=True))
+    converted.graph.sort()  # the converter appends its input casts after their readers
+    return onnx_ir.to_proto(converted)
+
+
+def _fp16_detector_graph(detector: torch.nn.Module, example: torch.Tensor, output_names: list[str], **options):
+    """A detector's graph with the network in float16 and its post-processing (``Detector.detections``) in float32.
+
+    The post-processing cannot run in float16: NMS shifts each image and class to its own region of the plane, at
+    coordinates up to (B·K)·(max(H, W) + 1). With 80 classes at 800 px that is 64,080 for one image, where float16's
+    spacing is 32 px, and past its largest value (65,504) for two. The two parts are exported apart and joined on the
+    raw outputs, which pass from float16 to float32 at the join.
+    """
+    import onnx
+
+    raw_names = ["cls", "dist", "ctr"]
+    network = _to_fp16(_onnx_graph(detector, (example,), ["image"], raw_names, **options))
+    with torch.no_grad():
+        raw = detector(example)  # sets the feature sizes that detections' anchor points follow
+    postprocess = _onnx_graph(
+        _Postprocess(detector, tuple(example.shape[-2:])), raw, raw_names, output_names, **options
+    )
+    # the two exports name their values alike (val_0, ...): prefix the post-processing's, but not its inputs/outputs
+    postprocess = onnx.compose.add_prefix(postprocess, "postprocess/", rename_inputs=False, rename_outputs=False)
+    return onnx.compose.merge_models(network, postprocess, io_map=[(name, name) for name in raw_names])
 
 
 def keep_block_transposes(model) -> int:
@@ -368,6 +419,17 @@ class _DetectorWithPostprocess(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.detector.detections(*self.detector(images), tuple(images.shape[-2:]))
+
+
+class _Postprocess(torch.nn.Module):
+    """A detector's post-processing alone: raw outputs (cls, dist, ctr) -> detections, for a fixed image size."""
+
+    def __init__(self, detector: torch.nn.Module, image_size: tuple[int, int]):
+        super().__init__()
+        self.detector, self.image_size = detector, image_size
+
+    def forward(self, cls: torch.Tensor, dist: torch.Tensor, ctr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.detector.detections(cls, dist, ctr, self.image_size)
 
 
 def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
