@@ -49,6 +49,18 @@ def test_detector_raw_outputs_loss_backward(backbone):
     assert (dets[0]["boxes"][:, 2] <= 96).all() and (dets[0]["boxes"][:, 3] <= 64).all()
 
 
+@pytest.mark.parametrize("fpn_channels", [16, 32, 96])
+def test_small_detector_runs_one_small_image(fpn_channels):
+    """A 64x64 image puts the top levels (P6, P7) at 1x1: GroupNorm keeps at least two channels per group there, so a
+    narrow FPN still takes batch 1 (one channel per group would normalise a single value)."""
+    model = create_detector("test_vmamba", 2, fpn_channels=fpn_channels, num_convs=1).eval()
+    norms = [m for m in model.head.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
+    assert norms[0].num_groups == {16: 8, 32: 16, 96: 32}[fpn_channels]
+    detections = model.predict(torch.randn(1, 3, 64, 64))
+    assert model._sizes[-1] == (1, 1) and len(detections) == 1
+
+
 def test_decode_and_targets_on_hand_made_boxes():
     points = torch.tensor([[20.0, 30.0]])
     assert torch.equal(

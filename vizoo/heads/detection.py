@@ -47,7 +47,11 @@ __all__ = [
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """FCOS's GroupNorm: 32 groups, fewer where ``channels`` is small, but never one channel per group, which on the
+    1x1 maps of the top levels (small inputs, batch 1) normalises a single value (torch refuses)."""
+    return nn.GroupNorm(
+        max((g for g in (32, 16, 8, 4, 2) if channels % g == 0 and channels >= 2 * g), default=1), channels
+    )
 
 
 class FPN(nn.Module):
