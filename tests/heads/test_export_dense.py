@@ -83,7 +83,7 @@ def test_fp16_detector_keeps_its_postprocessing_in_float32(tmp_path):
     every location predicts a box 8 strides wide for the last class, so NMS has overlaps to remove; the float16 graph
     must keep the boxes that eager keeps."""
     from vizoo.data import photo_batch
-    from vizoo.export import export_onnx, max_abs_diff
+    from vizoo.export import export_onnx
 
     torch.manual_seed(0)
     model = create_detector("resnet18", 200, fpn_channels=16, num_convs=1, max_detections=30).eval()
@@ -97,5 +97,20 @@ def test_fp16_detector_keeps_its_postprocessing_in_float32(tmp_path):
     images = photo_batch((3, 128, 192), count=2)
     expected = model.predict(images)
     assert [len(d["scores"]) for d in expected] == [30, 30] and all((d["labels"] == 199).all() for d in expected)
-    # same detections in the same order; boxes within float16's rounding of the network's distances
-    assert max_abs_diff(result.path, model, images) < 0.1
+    # the same detections, as sets per image (float16 may swap near-tied scores): each has an eager one of its image
+    # and label with the box within 0.1 px (float16's rounding of the distances) and the score within 1e-3
+    boxes, scores, labels, image_index = _onnx_session(result.path).run(None, {"image": images.numpy()})
+    for i, want in enumerate(expected):
+        mine = image_index == i
+        assert mine.sum() == len(want["scores"])
+        apart = np.abs(boxes[mine][:, None] - want["boxes"].numpy()[None]).max(-1)
+        apart[labels[mine][:, None] != want["labels"].numpy()[None]] = np.inf
+        nearest = apart.argmin(1)
+        assert (apart.min(1) < 0.1).all() and len(set(nearest.tolist())) == len(nearest)
+        np.testing.assert_allclose(scores[mine], want["scores"].numpy()[nearest], atol=1e-3)
+
+
+def _onnx_session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
