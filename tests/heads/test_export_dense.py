@@ -46,7 +46,6 @@ def test_detector_exports_end_to_end_with_nms(tmp_path):
     """A detector on a vizoo SSM backbone exports with its post-processing: boxes, scores, labels and image index
     through ONNX NonMaxSuppression, for any batch size, with eager's detections."""
     import onnx
-    import onnxruntime as ort
 
     from vizoo.data import photo_batch
     from vizoo.export import export_onnx
@@ -63,7 +62,7 @@ def test_detector_exports_end_to_end_with_nms(tmp_path):
     assert result.op_counts["NonMaxSuppression"] == 1
     assert not {"Loop", "Scan", "If"} & set(result.op_counts)
 
-    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    session = _onnx_session(result.path)
     images = photo_batch((3, 128, 192), count=3)
     for batch in (images[:1], images):
         boxes, scores, labels, image_index = session.run(None, {"image": batch.numpy()})
