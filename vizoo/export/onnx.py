@@ -30,6 +30,7 @@ _logger = logging.getLogger(__name__)
 
 MIN_OPSET = 17  # LayerNormalization became an ONNX op in opset 17
 DEFAULT_OPSET = 18
+DETECTION_OUTPUTS = ("boxes", "scores", "labels", "image_index")  # a Detector's graph outputs
 
 
 class ExportError(ValueError):
@@ -408,7 +409,7 @@ def graph_module(model: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
     from vizoo.heads.detection import Detector
 
     if isinstance(model, Detector):
-        return _DetectorWithPostprocess(model).eval(), ["boxes", "scores", "labels", "image_index"]
+        return _DetectorWithPostprocess(model).eval(), list(DETECTION_OUTPUTS)
     return model, ["output"]
 
 
@@ -434,16 +435,42 @@ class _Postprocess(torch.nn.Module):
 
 def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
     """Largest absolute difference between onnxruntime (CPU) and PyTorch eager on ``images`` over all outputs of
-    ``graph_module(model)``; inf where an output's shape differs (a detector that finds other boxes)."""
-    graph, _ = graph_module(model)
+    ``graph_module(model)``; inf where an output's shape differs. A detector's detections are compared as sets
+    (``detection_diff``): rounding may swap two detections of near-equal score."""
+    graph, names = graph_module(model)
     with torch.no_grad():
         expected = graph(images)
-    expected = expected if isinstance(expected, tuple) else (expected,)
+    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     got = _onnx_runner(path, images)()
-    return max(
-        float(np.abs(g - e.numpy()).max(initial=0.0)) if g.shape == tuple(e.shape) else math.inf
-        for g, e in zip(got, expected)
-    )
+    if tuple(names) == DETECTION_OUTPUTS:
+        return detection_diff(dict(zip(names, got)), dict(zip(names, expected)))
+    return max(float(np.abs(g - e).max(initial=0.0)) if g.shape == e.shape else math.inf for g, e in zip(got, expected))
+
+
+def detection_diff(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    """Largest box coordinate (pixels) or score difference between two sets of detections ("boxes" (M, 4), "scores",
+    "labels", "image_index" (M,) each), whatever their order: every expected detection, by decreasing score, is
+    paired with the nearest unpaired detection of its image and label (largest coordinate difference). inf where an
+    image has a different number of detections of some label."""
+    got_keys, expected_keys = _image_and_label(got), _image_and_label(expected)
+    groups, counts = np.unique(expected_keys, axis=0, return_counts=True)
+    got_groups, got_counts = np.unique(got_keys, axis=0, return_counts=True)
+    if not (np.array_equal(groups, got_groups) and np.array_equal(counts, got_counts)):
+        return math.inf
+    diff = 0.0
+    for group in groups:
+        mine, theirs = np.flatnonzero((got_keys == group).all(1)), np.flatnonzero((expected_keys == group).all(1))
+        apart = np.abs(got["boxes"][mine][None] - expected["boxes"][theirs][:, None]).max(-1)  # (expected, got)
+        for row in np.argsort(-expected["scores"][theirs], kind="stable"):
+            col = int(apart[row].argmin())
+            score_diff = abs(float(got["scores"][mine[col]]) - float(expected["scores"][theirs[row]]))
+            diff = max(diff, float(apart[row, col]), score_diff)
+            apart[:, col] = math.inf
+    return diff
+
+
+def _image_and_label(detections: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack([detections["image_index"], detections["labels"]], axis=1).astype(np.int64)
 
 
 def mobile_usability(path: str | os.PathLike) -> dict[str, dict]:
