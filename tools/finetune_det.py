@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
     add_finetune_arguments(parser)
     args = parser.parse_args(argv)
+    if args.fp16 and not args.onnx:
+        parser.error("--fp16 is an option of the ONNX export: give --onnx FILE too")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.coins:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"checkpoint: {result.checkpoint}")
     summary = {"untrained": before, "trained": after}
     if args.onnx:
-        summary["onnx_max_abs_diff"] = export_finetuned(model, args.onnx, size)
+        summary["onnx_max_abs_diff"] = export_finetuned(model, args.onnx, size, args.fp16)
     print(json.dumps(summary))
     return summary
 

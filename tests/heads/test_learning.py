@@ -61,8 +61,8 @@ def test_segmentor_learns_coins(coins):
 
 def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys, load_tool):
     """tools/finetune_det.py and tools/finetune_seg.py on the coins folders: the training options reach the run (one
-    epoch, a checkpoint in --output), both metrics are reported and the detector exports (--onnx) with parity; without
-    data they say what to give."""
+    epoch, a checkpoint in --output), both metrics are reported, the detector exports (--onnx) with parity and the
+    segmentor in float16 (--fp16); without data, or with --fp16 alone, they say what to give."""
     common = ["--backbone", "test_vmamba", "--img-size", "64", "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"]
     data = ["--train-images", str(coins["train_images"]), "--val-images", str(coins["val_images"])]
     det = load_tool("finetune_det").main(
@@ -72,18 +72,28 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     )  # fmt: skip
     seg = load_tool("finetune_seg").main(
         common + data + ["--train-masks", str(coins["train_masks"]), "--val-masks", str(coins["val_masks"])]
-        + ["--num-classes", "2", "--head", "mlp", "--channels", "32"]
+        + ["--num-classes", "2", "--head", "mlp", "--channels", "32", "--onnx", str(tmp_path / "seg.onnx"), "--fp16"]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert all(0 <= summary[key] <= 1 for summary, key in ((det["untrained"], "map"), (det["trained"], "map")))
-    assert all(0 <= summary["miou"] <= 1 for summary in seg.values())
+    assert all(0 <= seg[when]["miou"] <= 1 for when in ("untrained", "trained"))
     assert det["onnx_max_abs_diff"] < 1e-3 and f"onnx: {tmp_path / 'det.onnx'} (" in out  # the detector with its NMS
+    assert seg["onnx_max_abs_diff"] < 0.05 and _has_float16_weights(tmp_path / "seg.onnx")  # --fp16
     assert out.count("(losses per epoch [") == 2 and "], " not in out.split("losses per epoch")[1].split("\n")[0]
     checkpoints = list((tmp_path / "det" / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and f"checkpoint: {checkpoints[0]}" in out
     state = load_checkpoint(checkpoints[0]).state
     assert state["epoch"] == 0 and (state["config"]["lr"], state["config"]["batch_size"]) == (3e-3, 16)
+    with pytest.raises(SystemExit):
+        load_tool("finetune_seg").main(["--backbone", "test_vmamba", "--fp16"])
+    assert "--fp16 is an option of the ONNX export: give --onnx FILE too" in capsys.readouterr().err
     for name, missing in (("finetune_det", "--train-ann"), ("finetune_seg", "--num-classes")):
         with pytest.raises(SystemExit):
             load_tool(name).main(["--backbone", "test_vmamba"])
         assert "give --coins DIR, or all of" in (err := capsys.readouterr().err) and missing in err
+
+
+def _has_float16_weights(path) -> bool:
+    import onnx
+
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(path)).graph.initializer)

@@ -81,14 +81,22 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="then export the fine-tuned model to ONNX (a detector with its NMS) at --img-size, with parity checked",
     )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="with --onnx: weights and activations in float16 (a detector's post-processing stays float32)",
+    )
 
 
-def export_finetuned(model: torch.nn.Module, path: str | os.PathLike, img_size: int | tuple[int, int]) -> float:
+def export_finetuned(
+    model: torch.nn.Module, path: str | os.PathLike, img_size: int | tuple[int, int], fp16: bool = False
+) -> float:
     """Export a fine-tuned detector or segmentor to ONNX (dynamic batch; a detector with its post-processing, see
-    ``vizoo.export.graph_module``), print where, and return onnxruntime's max abs difference from PyTorch on photos."""
+    ``vizoo.export.graph_module``; float16 with ``fp16``), print where, and return onnxruntime's max abs difference
+    from PyTorch on photos."""
     from vizoo.export import export_onnx
 
-    result = export_onnx(model.cpu().eval(), path, img_size=img_size)
+    result = export_onnx(model.cpu().eval(), path, img_size=img_size, fp16=fp16)
     print(f"onnx: {result.path} ({result.nodes} nodes), onnxruntime vs PyTorch max abs diff {result.max_abs_diff:.1e}")
     return result.max_abs_diff
 
