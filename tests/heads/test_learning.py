@@ -78,7 +78,7 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     assert all(0 <= summary[key] <= 1 for summary, key in ((det["untrained"], "map"), (det["trained"], "map")))
     assert all(0 <= seg[when]["miou"] <= 1 for when in ("untrained", "trained"))
     assert det["onnx_max_abs_diff"] < 1e-3 and f"onnx: {tmp_path / 'det.onnx'} (" in out  # the detector with its NMS
-    assert seg["onnx_max_abs_diff"] < 0.05 and _has_float16_weights(tmp_path / "seg.onnx")  # --fp16
+    assert seg["onnx_max_abs_diff"] < 1e-2 and _has_float16_weights(tmp_path / "seg.onnx")  # --fp16 (reads 6e-4)
     assert out.count("(losses per epoch [") == 2 and "], " not in out.split("losses per epoch")[1].split("\n")[0]
     checkpoints = list((tmp_path / "det" / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1 and f"checkpoint: {checkpoints[0]}" in out
