@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import vizoo
 from vizoo.benchmark import DEFAULT_BASELINES, bench_models, format_slopes, format_table, plot_latency, text_table
+from vizoo.train.checkpoint import CheckpointError
 from vizoo.utils.complexity import count_macs, count_params
 
 __all__ = ["main"]
@@ -180,15 +181,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ImportError as e:
         _err(f"ONNX export needs the onnx extra ({e}); run: pip install -e '.[onnx]'")
         return 2
-    if not timm.is_model(args.model):
+    finetuned = Path(args.model).is_dir()  # a fine-tuning checkpoint folder
+    if finetuned and args.checkpoint:
+        _err(f"{args.model} is a checkpoint folder, which holds its weights: drop --checkpoint")
+        return 2
+    if not finetuned and not timm.is_model(args.model):
         return _unknown_model(args.model)
-    output = args.output or f"{args.model}.onnx"
+    output = args.output or f"{args.model.rstrip('/')}.onnx"
     try:
-        model = export.resolve_model(args.model, **({"checkpoint_path": args.checkpoint} if args.checkpoint else {}))
+        if finetuned:
+            from vizoo.train.finetune import load_finetuned
+
+            model = load_finetuned(args.model)
+        else:
+            checkpoint = {"checkpoint_path": args.checkpoint} if args.checkpoint else {}
+            model = export.resolve_model(args.model, **checkpoint)
         shape = export.input_shape(model, args.img_size)
         calibration = None
         if args.int8 and args.int8 != "dynamic":
-            cfg = model.pretrained_cfg
+            cfg = getattr(model, "pretrained_cfg", {})
             calibration = image_folder(args.int8, shape, cfg.get("mean"), cfg.get("std"))
         result = export.export_onnx(
             model,
@@ -200,7 +211,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             check=args.check,
             mobile=args.mobile,
         )
-    except ValueError as e:  # ExportError, the model's input checks, empty calibration folders
+    except (ValueError, CheckpointError) as e:  # ExportError, input checks, empty calibration folders, checkpoints
         _err(str(e))
         return 2
     ops = ", ".join(f"{op} {n}" for op, n in result.op_counts.most_common(8))
@@ -257,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="export a model to ONNX, check it in onnxruntime, quantize, convert for mobile")
-    p.add_argument("model")
+    p.add_argument("model", help="a model name, or a checkpoint folder of finetune_det / finetune_seg")
     p.add_argument("--output", help="ONNX file (default: MODEL.onnx)")
     p.add_argument("--checkpoint", help="weights to load first (timm checkpoint_path)")
     p.add_argument("--img-size", type=int, help="square input size (default: the model's cfg input size)")

@@ -4,9 +4,12 @@ The data is scikit-image's coins photograph, with boxes and masks from classical
 (vizoo.data.coins); validation tiles come from a part of the photograph that training never sees.
 """
 
+import numpy as np
 import pytest
 import torch
 
+from vizoo.cli import main as vizoo_main
+from vizoo.data import photo_batch
 from vizoo.data.coins import build_coins_datasets
 from vizoo.data.detection import CocoDetection, detection_transforms
 from vizoo.data.segmentation import SegmentationFolder, segmentation_transforms
@@ -84,6 +87,16 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     assert len(checkpoints) == 1 and f"checkpoint: {checkpoints[0]}" in out
     state = load_checkpoint(checkpoints[0]).state
     assert state["epoch"] == 0 and (state["config"]["lr"], state["config"]["batch_size"]) == (3e-3, 16)
+    # later, `vizoo export` on the checkpoint folder rebuilds the detector: the same graph as --onnx gave, same outputs
+    later = tmp_path / "det_later.onnx"
+    assert (
+        vizoo_main(["export", str(checkpoints[0]), "--output", str(later), "--img-size", "64", "--tolerance", "1e-3"])
+        == 0
+    )
+    assert f"wrote {later}" in capsys.readouterr().out
+    images = photo_batch((3, 64, 64), count=2).numpy()
+    for now, then in zip(_onnx_outputs(tmp_path / "det.onnx", images), _onnx_outputs(later, images)):
+        np.testing.assert_array_equal(now, then)
     with pytest.raises(SystemExit):
         load_tool("finetune_seg").main(["--backbone", "test_vmamba", "--fp16"])
     assert "--fp16 is an option of the ONNX export: give --onnx FILE too" in capsys.readouterr().err
@@ -91,6 +104,12 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
         with pytest.raises(SystemExit):
             load_tool(name).main(["--backbone", "test_vmamba"])
         assert "give --coins DIR, or all of" in (err := capsys.readouterr().err) and missing in err
+
+
+def _onnx_outputs(path, images) -> list:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
 
 
 def _has_float16_weights(path) -> bool:

@@ -74,3 +74,33 @@ def test_ema_copies_state_fitted_on_the_first_batch(lfw_data, tmp_path):
     assert hashing and all(bool(model[k]) for k in hashing if k.endswith("fitted"))
     for key in hashing:
         torch.testing.assert_close(ema[key], model[key], rtol=0, atol=0, msg=key)
+
+
+def test_load_finetuned_rebuilds_the_model_and_refuses_what_does_not_fit(tmp_path, capsys):
+    """A fine-tuning checkpoint keeps the builder's arguments: ``load_finetuned`` rebuilds the segmentor with its
+    weights. A checkpoint without them, or whose weights do not fit them, gets an error that says what to do, and so
+    does `vizoo export` on it."""
+    from vizoo.cli import main
+    from vizoo.heads import create_segmentor
+    from vizoo.train.checkpoint import save_checkpoint
+    from vizoo.train.finetune import load_finetuned
+
+    torch.manual_seed(0)
+    model = create_segmentor("test_vmamba", "mlp", num_classes=3, channels=16)
+    assert model.architecture["builder"] == "segmentor" and model.architecture["num_classes"] == 3
+    path = save_checkpoint(tmp_path / "good", 1, model.state_dict(), {"architecture": model.architecture})
+    loaded = load_finetuned(path)
+    assert not loaded.training
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    plain = save_checkpoint(tmp_path / "plain", 1, model.state_dict(), {"architecture": None})
+    with pytest.raises(CheckpointError, match="keeps no architecture.*load the checkpoint's model.safetensors"):
+        load_finetuned(plain)
+    other = dict(model.architecture, num_classes=5)
+    misfit = save_checkpoint(tmp_path / "misfit", 1, model.state_dict(), {"architecture": other})
+    with pytest.raises(CheckpointError, match="its weights do not fit its architecture"):
+        load_finetuned(misfit)
+    assert main(["export", str(misfit), "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "its weights do not fit its architecture" in capsys.readouterr().err
+    assert main(["export", str(path), "--checkpoint", "w.pth"]) == 2
+    assert "drop --checkpoint" in capsys.readouterr().err

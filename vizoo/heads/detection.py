@@ -347,4 +347,10 @@ def create_detector(
     if out_indices is None and isinstance(backbone, str) and timm.is_model(backbone):
         out_indices = last_levels(backbone, 3)
     body = FeatureBackbone(backbone, out_indices, pretrained=pretrained, in_chans=in_chans, **(backbone_kwargs or {}))
-    return Detector(body, num_classes, **kwargs)
+    detector = Detector(body, num_classes, **kwargs)
+    if isinstance(backbone, str):  # what fine-tuning checkpoints keep, to rebuild it (vizoo.train.load_finetuned)
+        detector.architecture = dict(
+            builder="detector", backbone=backbone, num_classes=num_classes, out_indices=out_indices,
+            in_chans=in_chans, backbone_kwargs=backbone_kwargs, **kwargs,
+        )  # fmt: skip
+    return detector

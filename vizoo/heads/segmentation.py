@@ -186,6 +186,10 @@ def create_segmentor(
         raise ValueError(f"unknown segmentation head {head!r}; choose one of {', '.join(SEG_HEADS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (background counts as a class), got {num_classes!r}")
+    architecture = dict(
+        builder="segmentor", backbone=backbone, head=head, num_classes=num_classes, out_indices=out_indices,
+        in_chans=in_chans, channels=channels, backbone_kwargs=backbone_kwargs, **head_kwargs,
+    )  # fmt: skip
     body = FeatureBackbone(backbone, out_indices, pretrained=pretrained, in_chans=in_chans, **(backbone_kwargs or {}))
     head_cls = SEG_HEADS[head]
     if head == "fpn":
@@ -193,4 +197,7 @@ def create_segmentor(
         decoder = head_cls(body.channels, num_classes, fpn_channels=channels, **head_kwargs)
     else:
         decoder = head_cls(body.channels, num_classes, channels=channels, **head_kwargs)
-    return Segmentor(body, decoder, num_classes)
+    segmentor = Segmentor(body, decoder, num_classes)
+    if isinstance(backbone, str):  # what fine-tuning checkpoints keep, to rebuild it (vizoo.train.load_finetuned)
+        segmentor.architecture = architecture
+    return segmentor

@@ -22,11 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "add_finetune_arguments", "finetune_detector", "finetune_segmentor"]
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "add_finetune_arguments",
+    "finetune_detector",
+    "finetune_segmentor",
+    "load_finetuned",
+]
 
 
 @dataclass
@@ -99,6 +106,28 @@ def export_finetuned(
     result = export_onnx(model.cpu().eval(), path, img_size=img_size, fp16=fp16)
     print(f"onnx: {result.path} ({result.nodes} nodes), onnxruntime vs PyTorch max abs diff {result.max_abs_diff:.1e}")
     return result.max_abs_diff
+
+
+def load_finetuned(path: str | os.PathLike) -> torch.nn.Module:
+    """The detector or segmentor of a fine-tuning checkpoint folder (or its ``last`` file), in eval mode: rebuilt
+    from the ``create_detector`` / ``create_segmentor`` arguments the checkpoint keeps, with its weights."""
+    from vizoo.heads import create_detector, create_segmentor
+
+    ckpt = load_checkpoint(path)
+    architecture = dict(ckpt.state.get("architecture") or {})
+    builder = {"detector": create_detector, "segmentor": create_segmentor}.get(architecture.pop("builder", None))
+    if builder is None:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt.path)!r} keeps no architecture: it was not saved by finetune_detector or "
+            "finetune_segmentor from a model built by create_detector or create_segmentor with a backbone name. "
+            "Build the model as it was trained and load the checkpoint's model.safetensors into it."
+        )
+    model = builder(**architecture)
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(ckpt.path)!r}: its weights do not fit its architecture ({e})") from e
+    return model.eval()
 
 
 @dataclass
@@ -182,6 +211,7 @@ def _fit(
                 "history": result.history,
                 "rng": capture_rng(),
                 "config": dataclasses.asdict(config),
+                "architecture": getattr(model, "architecture", None),
             }
             result.checkpoint = save_checkpoint(
                 Path(config.output_dir) / "checkpoints", epoch + 1, model.state_dict(), state, keep=config.keep
