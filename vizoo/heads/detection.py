@@ -348,7 +348,8 @@ def create_detector(
         out_indices = last_levels(backbone, 3)
     body = FeatureBackbone(backbone, out_indices, pretrained=pretrained, in_chans=in_chans, **(backbone_kwargs or {}))
     detector = Detector(body, num_classes, **kwargs)
-    if isinstance(backbone, str):  # what fine-tuning checkpoints keep, to rebuild it (vizoo.train.load_finetuned)
+    # what fine-tuning checkpoints keep, to rebuild the model (vizoo.train.finetune.load_finetuned)
+    if isinstance(backbone, str):
         detector.architecture = dict(
             builder="detector", backbone=backbone, num_classes=num_classes, out_indices=out_indices,
             in_chans=in_chans, backbone_kwargs=backbone_kwargs, **kwargs,

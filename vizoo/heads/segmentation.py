@@ -198,6 +198,7 @@ def create_segmentor(
     else:
         decoder = head_cls(body.channels, num_classes, channels=channels, **head_kwargs)
     segmentor = Segmentor(body, decoder, num_classes)
-    if isinstance(backbone, str):  # what fine-tuning checkpoints keep, to rebuild it (vizoo.train.load_finetuned)
+    # what fine-tuning checkpoints keep, to rebuild the model (vizoo.train.finetune.load_finetuned)
+    if isinstance(backbone, str):
         segmentor.architecture = architecture
     return segmentor
