@@ -16,7 +16,13 @@ from vizoo.data.coins import build_coins_datasets
 from vizoo.data.detection import CocoDetection, detection_transforms
 from vizoo.eval import coco_map
 from vizoo.heads import create_detector
-from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, export_finetuned, finetune_detector
+from vizoo.train.finetune import (
+    FinetuneConfig,
+    add_finetune_arguments,
+    export_finetuned,
+    finetune_detector,
+    parse_finetune_arguments,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,9 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--extra-levels", type=int, default=2)
     parser.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
     add_finetune_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.fp16 and not args.onnx:
-        parser.error("--fp16 is an option of the ONNX export: give --onnx FILE too")
+    args = parse_finetune_arguments(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.coins:

@@ -16,7 +16,13 @@ from vizoo.data.coins import COINS_CLASSES, build_coins_datasets
 from vizoo.data.segmentation import SegmentationFolder, segmentation_transforms
 from vizoo.eval import segmentation_miou
 from vizoo.heads import SEG_HEADS, create_segmentor
-from vizoo.train.finetune import FinetuneConfig, add_finetune_arguments, export_finetuned, finetune_segmentor
+from vizoo.train.finetune import (
+    FinetuneConfig,
+    add_finetune_arguments,
+    export_finetuned,
+    finetune_segmentor,
+    parse_finetune_arguments,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,9 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
     add_finetune_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.fp16 and not args.onnx:
-        parser.error("--fp16 is an option of the ONNX export: give --onnx FILE too")
+    args = parse_finetune_arguments(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.coins:

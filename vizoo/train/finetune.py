@@ -33,6 +33,7 @@ __all__ = [
     "finetune_detector",
     "finetune_segmentor",
     "load_finetuned",
+    "parse_finetune_arguments",
 ]
 
 
@@ -93,6 +94,14 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --onnx: weights and activations in float16 (a detector's post-processing stays float32)",
     )
+
+
+def parse_finetune_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with the options of ``add_finetune_arguments`` checked together."""
+    args = parser.parse_args(argv)
+    if args.fp16 and not args.onnx:
+        parser.error("--fp16 is an option of the ONNX export: give --onnx FILE too")
+    return args
 
 
 def export_finetuned(
