@@ -14,6 +14,8 @@ python tools/benchmark_onnx.py --mobile cas_vit_xs    # also the share of nodes 
                                                       # `--mobile` graphs (onnxruntime's mobile usability checker)
 python tools/benchmark_onnx.py --int8 cas_vit_xs      # also int8 (dynamic; static QDQ calibrated on 4 photos)
                                                       # against fp32 onnxruntime, on 4 other photos
+python tools/benchmark_onnx.py --profile mala_tiny     # also where onnxruntime spends a pass, by op type, and
+                                                      # the matrix products' FLOP rate against a large MatMul's
 
 Pruned ViTs (the zoo's third family):
 vizoo prune deit_tiny_patch16_224 --sparsity 0.5 --output out/deit_tiny_50
@@ -36,11 +38,14 @@ import torch
 import vizoo
 from vizoo.backbones.vim import Vim
 from vizoo.export import (
+    OnnxProfile,
     eager_vs_onnx_ms,
     export_onnx,
     input_shape,
+    matmul_peak_gflops,
     mobile_usability,
     onnx_latencies_ms,
+    onnx_profile,
     quantize_int8,
     run_onnx,
 )
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         "--int8", action="store_true", help="also int8 against fp32 onnxruntime: latency, and error on held-out photos"
     )
     parser.add_argument("--parity-only", action="store_true", help="export and check parity, skip the latencies")
+    parser.add_argument(
+        "--profile", action="store_true", help="also onnxruntime's profile: time per op type, matrix products' rate"
+    )
     parser.add_argument("--perturb", type=float, default=0.02, help="std of the noise added to every parameter")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="parity above this fails the run (exit 1)")
     parser.add_argument("--tome", type=int, metavar="R", help="merge R tokens per block (ToMe) in every ViT given")
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "(PATH.json and PATH.safetensors); see `vizoo list` for vizoo's names"
             )
         names += matched
-    failed = []
+    failed, peak_gflops = [], None
     print(
         f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency, eager and ORT blocks in turn",
         flush=True,
@@ -119,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<30} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",
                 flush=True,
             )
+            if args.profile:
+                peak_gflops = peak_gflops or matmul_peak_gflops()
+                print_profile(onnx_profile(result.path, torch.randn(1, *shape)), peak_gflops)
             if args.int8 and not args.parity_only:
                 compare_int8(result.path, model, shape, Path(tmp), args.rounds)
             if args.mobile:
@@ -133,6 +144,24 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {graph:<8} graph: {coverage}", flush=True)
     print(f"{len(names)} models; parity above {args.tolerance:g}: {', '.join(failed) or 'none'}", flush=True)
     return 1 if failed else 0
+
+
+def print_profile(profile: OnnxProfile, peak_gflops: float, top: int = 10) -> None:
+    """Print an onnxruntime profile: the ``top`` op types by time, and the matrix products' FLOP rate against
+    ``peak_gflops``, that of a large MatMul on this machine."""
+    print(
+        f"  ORT profile: {profile.ms:.1f} ms per pass in nodes; matrix products "
+        f"{profile.matrix_product_flops / 1e9:.2f} GFLOP at {profile.matrix_product_gflops:.0f} GFLOP/s, "
+        f"{profile.matrix_product_gflops / peak_gflops:.0%} of a 1024x1024x1024 MatMul's {peak_gflops:.0f} here",
+        flush=True,
+    )
+    for op in list(profile.ms_by_op)[:top]:
+        ms = profile.ms_by_op[op]
+        print(f"    {op:<26} {ms:>8.2f} ms {ms / profile.ms:>6.1%} {profile.nodes_by_op[op]:>6} nodes", flush=True)
+    rest = list(profile.ms_by_op)[top:]
+    if rest:
+        ms = sum(profile.ms_by_op[op] for op in rest)
+        print(f"    {f'{len(rest)} other op types':<26} {ms:>8.2f} ms {ms / profile.ms:>6.1%}", flush=True)
 
 
 def compare_int8(path: Path, model: torch.nn.Module, shape: tuple[int, int, int], tmp: Path, rounds: int) -> None:

@@ -305,6 +305,19 @@ def test_benchmark_tool_reports_parity_and_refuses_unknown_names(tool, capsys):
     )
     assert spread == f"{ratio.rstrip('x')}-{ratio.rstrip('x')}"  # one round: its ratio is the lowest and the highest
     assert tool.main(["--parity-only", "--tolerance", "0", "test_vmamba"]) == 1  # parity above 0 fails the run
+    assert tool.main(["--parity-only", "--profile", "test_vmamba"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = next(i for i, line in enumerate(lines) if "ORT profile:" in line)
+    total, gflop, rate, share, peak = re.search(
+        r"([\d.]+) ms per pass in nodes; matrix products ([\d.]+) GFLOP at (\d+) GFLOP/s, (\d+)% of .* (\d+) here",
+        lines[summary],
+    ).groups()
+    assert float(gflop) > 0 and abs(float(rate) / float(peak) - float(share) / 100) < 0.01 + 1 / float(peak)
+    rows = [re.match(r" {4}(.+?) +([\d.]+) ms +([\d.]+)%", line) for line in lines[summary + 1 :]]
+    rows = [row.groups() for row in rows[: next((i for i, row in enumerate(rows) if row is None), len(rows))]]
+    assert "Mul" in [op for op, _, _ in rows]  # the scan's elementwise products
+    assert abs(sum(float(ms) for _, ms, _ in rows) - float(total)) <= 0.005 * len(rows) + 0.05
+    assert abs(sum(float(pct) for _, _, pct in rows) - 100) <= 0.05 * len(rows)
     with pytest.raises(SystemExit):
         tool.main(["no_such_model*"])
     assert "no vizoo or timm model matches 'no_such_model*'" in capsys.readouterr().err

@@ -67,3 +67,26 @@ def test_bad_shapes():
         cross_scan(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="cross_merge: expected"):
         cross_merge(torch.randn(2, 3, 3, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 6, 6), (2, 2, 3, 1, 4), (1, 2, 7, 1)])
+def test_column_major_export_form_matches_the_eager_one(shape, monkeypatch):
+    """While exporting, column_major cuts the map into columns (Split/Concat) instead of a strided copy: the same
+    values and gradients, on odd and non-contiguous maps, and from_column_major inverts both forms."""
+    from vizoo.kernels.cross_scan import torch_ops
+
+    h, w = shape[-2:]
+    x = torch.randn(*shape[:-2], w, h).transpose(-1, -2).requires_grad_()  # non-contiguous (..., h, w)
+    weight = torch.randn(*shape[:-2], h * w)
+    results = {}
+    for exporting in (False, True):
+        monkeypatch.setattr(torch_ops, "is_exporting", lambda exporting=exporting: exporting)
+        x.grad = None
+        cols = torch_ops.column_major(x)
+        assert torch.equal(torch_ops.from_column_major(cols, h, w), x)
+        (cols * weight).sum().backward()
+        results[exporting] = cols.detach(), x.grad.clone()
+    expected = torch.stack([x[..., :, j] for j in range(w)], dim=-2).flatten(-2)  # column j, then column j + 1
+    for cols, grad in results.values():
+        assert torch.equal(cols, expected)
+        assert torch.equal(grad, weight.unflatten(-1, (w, h)).transpose(-1, -2))

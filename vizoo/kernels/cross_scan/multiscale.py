@@ -9,7 +9,8 @@ column-major, column-major reversed). The four are concatenated into one sequenc
 back at its pixel and sums the three low-resolution routes, so ``<scan(x, x_low), y> == <x, m> + <x_low, m_low>``
 for ``(m, m_low) = merge(y, ...)``. Upsampling the low-resolution result is the layer's business.
 
-``reference`` gathers with explicit index lists (the specification); ``torch`` uses flips and transposes (exportable).
+``reference`` gathers with explicit index lists (the specification); ``torch`` uses flips and ``column_major``
+(exportable).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.cross_scan.torch_ops import column_major, from_column_major
 
 NUM_LOW_ROUTES = 3
 
@@ -64,7 +66,7 @@ def multiscale_merge_reference(
 
 def multiscale_scan_torch(x: torch.Tensor, x_low: torch.Tensor) -> torch.Tensor:
     rows = x_low.flatten(2)
-    cols = x_low.transpose(2, 3).flatten(2)
+    cols = column_major(x_low)
     return torch.cat([x.flatten(2), rows.flip(-1), cols, cols.flip(-1)], dim=-1)
 
 
@@ -76,7 +78,7 @@ def multiscale_merge_torch(
     full, low = h * w, lh * lw
     rows_rev = y[..., full : full + low]
     cols = y[..., full + low : full + 2 * low] + y[..., full + 2 * low :].flip(-1)
-    y_low = rows_rev.flip(-1).unflatten(-1, (lh, lw)) + cols.unflatten(-1, (lw, lh)).transpose(-1, -2)
+    y_low = rows_rev.flip(-1).unflatten(-1, (lh, lw)) + from_column_major(cols, lh, lw)
     return y[..., :full].unflatten(-1, (h, w)), y_low
 
 

@@ -12,9 +12,9 @@ Each route is a pair: ``<route>_scan`` reads a map (or a sequence) into K route-
   column-major, (0, 1) row-major, (1, 1) column-major. No reversals. The merge scatters each phase back and crops the
   padding, so every pixel gets exactly one route's output.
 
-Backends: ``"reference"`` (explicit index lists, the specification) and ``"torch"`` (slices, flips, transposes and
-reshapes: exportable, no scatter). The routes move data only; they cost no MACs and are not counted. Triton is not
-used: each route is one strided copy that the torch path already does at memory speed.
+Backends: ``"reference"`` (explicit index lists, the specification) and ``"torch"`` (slices, flips, transposes,
+``column_major`` reads and reshapes: exportable, no scatter). The routes move data only; they cost no MACs and are not
+counted. Triton is not used: each route is one strided copy that the torch path already does at memory speed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.cross_scan.torch_ops import column_major, from_column_major
 
 __all__ = [
     "atrous_merge",
@@ -116,7 +117,7 @@ def _atrous_scan_torch(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     x = F.pad(x, (0, w % 2, 0, h % 2))
     rows = torch.stack([x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2]], dim=1).flatten(3)  # phases (0,0), (0,1)
-    cols = torch.stack([x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]], dim=1).transpose(-1, -2).flatten(3)  # (1,0), (1,1)
+    cols = column_major(torch.stack([x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]], dim=1))  # phases (1,0), (1,1)
     return torch.stack([rows, cols], dim=2).flatten(1, 2)  # route order: (0,0), (1,0), (0,1), (1,1)
 
 
@@ -124,7 +125,7 @@ def _atrous_merge_torch(y: torch.Tensor, height: int, width: int) -> torch.Tenso
     b, _, c, _ = y.shape
     h2, w2 = (height + 1) // 2, (width + 1) // 2
     rows = y[:, 0::2].unflatten(-1, (h2, w2))  # (b, 2, c, h2, w2): phases (0,0), (0,1)
-    cols = y[:, 1::2].unflatten(-1, (w2, h2)).transpose(-1, -2)  # phases (1,0), (1,1)
+    cols = from_column_major(y[:, 1::2], h2, w2)  # phases (1,0), (1,1)
     # Interleave columns (phase col 0 / 1) then rows (phase row 0 / 1): (b, c, h2, 2, w2, 2) -> (b, c, 2·h2, 2·w2).
     even_rows = torch.stack([rows[:, 0], rows[:, 1]], dim=-1).flatten(-2)
     odd_rows = torch.stack([cols[:, 0], cols[:, 1]], dim=-1).flatten(-2)
