@@ -57,20 +57,19 @@ def onnx_profile(path: str | os.PathLike, x: torch.Tensor, passes: int = 20) -> 
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = sorted(event["ts"] for event in events if event.get("name") == "model_run")
     first_timed = runs[3]
-    durations, ops, flops = defaultdict(list), {}, {}
+    durations, flops = defaultdict(list), {}
     for event in events:
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < first_timed:
             continue
         args = event["args"]
-        node = (event["name"], args.get("node_index"))  # names may repeat or be empty; the index does not
+        node = (args["op_name"], event["name"], args.get("node_index"))  # names may repeat or be empty; indices not
         durations[node].append(event["dur"])
-        ops[node] = args["op_name"]
-        if args["op_name"] in MATRIX_PRODUCT_OPS:
+        if args["op_name"] in MATRIX_PRODUCT_OPS and node not in flops:
             flops[node] = _matrix_product_flops(args)
     ms_by_op, nodes_by_op = defaultdict(float), defaultdict(int)
-    for node, times in durations.items():
-        ms_by_op[ops[node]] += float(np.median(times)) / 1e3
-        nodes_by_op[ops[node]] += 1
+    for (op, *_), times in durations.items():
+        ms_by_op[op] += float(np.median(times)) / 1e3
+        nodes_by_op[op] += 1
     order = sorted(ms_by_op, key=ms_by_op.get, reverse=True)
     return OnnxProfile({op: ms_by_op[op] for op in order}, {op: nodes_by_op[op] for op in order}, sum(flops.values()))
 
