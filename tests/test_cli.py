@@ -86,3 +86,56 @@ def test_python_dash_m():
     )
     assert proc.returncode == 0, proc.stderr
     assert "test_vmamba" in proc.stdout
+
+
+def test_prune_saves_a_compacted_vit_that_loads_and_is_the_same_for_the_same_seed(capsys, tmp_path):
+    """``vizoo prune`` from a random init: the seed fixes the init, so two runs with one seed save the same weights
+    (``--latency-weight 0`` ranks by weights removed, which no timing moves); the saved model loads and runs."""
+    from safetensors.torch import load_file
+
+    from vizoo.pruning import load_pruned
+
+    argv = ["prune", "vit_tiny_patch16_224", "--img-size", "32", "--calib-count", "2", "--latency-weight", "0"]
+    runs = {}
+    for stem, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        code, out, _ = _run(capsys, *argv, "--seed", seed, "--output", str(tmp_path / stem))
+        assert code == 0 and "params 5.68 M ->" in out and "GMACs" in out
+        runs[stem] = load_file(tmp_path / f"{stem}.safetensors")
+    assert runs["a"].keys() == runs["b"].keys()
+    assert all(torch.equal(runs["a"][key], runs["b"][key]) for key in runs["a"])
+    assert any(
+        runs["a"][key].shape != runs["c"][key].shape or not torch.equal(runs["a"][key], runs["c"][key])
+        for key in runs["a"]
+    )
+    model = load_pruned(tmp_path / "a")
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+    assert sum(p.numel() for p in model.parameters()) < 0.7 * 5.68e6
+
+    # the same init given as a checkpoint prunes to the same model
+    timm.utils.random_seed(1)
+    torch.save(timm.create_model("vit_tiny_patch16_224", img_size=32).state_dict(), tmp_path / "init.pth")
+    code, _, _ = _run(capsys, *argv, "--checkpoint", str(tmp_path / "init.pth"), "--output", str(tmp_path / "e"))
+    loaded = load_file(tmp_path / "e.safetensors")
+    assert code == 0 and all(torch.equal(runs["a"][key], loaded[key]) for key in runs["a"])
+
+
+def test_prune_refuses_what_it_cannot_prune_and_writes_nothing(capsys, tmp_path):
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    torch.save(timm.create_model("vit_small_patch16_224", img_size=32).state_dict(), tmp_path / "small.pth")
+    tiny = ["vit_tiny_patch16_224", "--img-size", "32"]
+    cases = [
+        (["vit_tiny_patch16_2244"], "unknown model 'vit_tiny_patch16_2244'"),
+        (["test_vmamba"], "take a timm VisionTransformer (ViT/DeiT), got VMamba"),
+        ([*tiny, "--calib", str(tmp_path / "no_images")], "has no images"),
+        ([*tiny, "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
+        ([*tiny, "--checkpoint", str(tmp_path / "missing.pth")], "does not exist; check the path"),
+        ([*tiny, "--checkpoint", str(tmp_path / "corrupt.pth")], "it is corrupt, truncated or not a PyTorch"),
+        ([*tiny, "--checkpoint", str(tmp_path / "small.pth")], "does not fit vit_tiny_patch16_224:\n"),
+    ]
+    for args, message in cases:
+        code, _, err = _run(capsys, "prune", *args, "--output", str(tmp_path / "out"))
+        assert code == 2 and message in err, (args, err)
+    assert "size mismatch for pos_embed" in err and "more lines)\nIs it a checkpoint of this variant?" in err
+    assert not list(tmp_path.glob("out*"))

@@ -1,6 +1,6 @@
 """Block-prune a timm ViT, compact and save it: ``python tools/prune.py deit_small_patch16_224 --output out/deit_s``.
 
-A thin entry point over :mod:`vizoo.pruning.cli` (the same as ``vizoo prune`` once the command is wired).
+A thin entry point over :mod:`vizoo.pruning.cli` (the same as ``vizoo prune``).
 """
 
 import argparse
