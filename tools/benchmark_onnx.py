@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_profile(profile: OnnxProfile, peak_gflops: float, top: int = 10) -> None:
     """Print an onnxruntime profile: the ``top`` op types by time, and the matrix products' FLOP rate against
-    ``peak_gflops``, that of a large MatMul on this machine."""
+    ``peak_gflops``, that of a large MatMul on the same machine."""
     print(
         f"  ORT profile: {profile.ms:.1f} ms per pass in nodes; matrix products "
         f"{profile.matrix_product_flops / 1e9:.2f} GFLOP at {profile.matrix_product_gflops:.0f} GFLOP/s, "

@@ -1,4 +1,4 @@
-"""Pruning figures on this machine's CPU, each as a ratio against a baseline measured in the same run.
+"""Pruning figures on the CPU that runs this script, each as a ratio against a baseline measured in the same run.
 
 1. DeiT-S (random init) at 50% block sparsity, compacted: params, MACs and latency vs the dense model.
 2. Accuracy kept on scikit-learn digits: a DeiT-Tiny-shaped ViT (32x32 input, 4x4 patches) trained briefly, then

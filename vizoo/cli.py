@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 import vizoo
 from vizoo.benchmark import DEFAULT_BASELINES, bench_models, format_slopes, format_table, plot_latency, text_table
-from vizoo.train.checkpoint import CheckpointError
 from vizoo.utils.complexity import count_macs, count_params
 
 __all__ = ["main"]
@@ -211,14 +210,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
             check=args.check,
             mobile=args.mobile,
         )
-    except (ValueError, CheckpointError) as e:  # ExportError, input checks, empty calibration folders, checkpoints
+    except ValueError as e:  # ExportError, CheckpointError, input checks, empty calibration folders
         _err(str(e))
         return 2
     ops = ", ".join(f"{op} {n}" for op, n in result.op_counts.most_common(8))
     print(f"wrote {result.path}: {result.nodes} nodes, input (batch, {', '.join(map(str, shape))})")
     print(f"  ops: {ops}")
     if result.max_abs_diff is not None:
-        print(f"  onnxruntime vs PyTorch on real images: max abs diff {result.max_abs_diff:.2e}")
+        print(f"  onnxruntime vs PyTorch on sample images: max abs diff {result.max_abs_diff:.2e}")
     if args.int8:
         q_path = export.quantize_int8(result.path, Path(output).with_suffix(".int8.onnx"), calibration)
         mode = "dynamic" if calibration is None else f"static QDQ, {len(calibration)} calibration images"

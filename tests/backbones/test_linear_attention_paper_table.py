@@ -1,5 +1,5 @@
-"""Parameters and MACs of the linear-attention families against the published tables (see
-../shared/reference/linear_attention.md): MALA (counts of the released code), MLLA (README), CAS-ViT (MODEL_ZOO)."""
+"""Parameters and MACs of the linear-attention families against the published figures: MALA (counted from the
+released model of qhfan/MALA), MLLA (README of LeapLabTHU/MLLA), CAS-ViT (MODEL_ZOO of Tianfang-Zhang/CAS-ViT)."""
 
 import pytest
 import timm

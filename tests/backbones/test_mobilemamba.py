@@ -17,7 +17,7 @@ from vizoo.layers.mobilemamba import BidirectionalSS2D, MBWTConv2d, haar_dwt, ha
 from vizoo.utils.checkpoint import CheckpointError
 from vizoo.utils.complexity import count_macs, count_params
 
-# name: (resolution, params in M, MFLOPs), README table (/work/shared/reference/ssm_backbones.md section 7)
+# name: (resolution, params in M, MFLOPs), the table in the README of github.com/lewandofskee/MobileMamba
 PAPER = {
     "mobilemamba_t2": (192, 8.8, 255),
     "mobilemamba_t4": (192, 14.2, 413),

@@ -1,5 +1,5 @@
-"""Parameters and FLOPs of Spatial-Mamba, VSSD and MSVMamba against the papers' tables
-(/work/shared/reference/ssm_backbones.md sections 3-5: the official READMEs; FLOPs are fvcore MACs at 224²)."""
+"""Parameters and FLOPs of Spatial-Mamba, VSSD and MSVMamba against the tables in the official READMEs
+(EdwardChasel/Spatial-Mamba, YuHengsss/VSSD, YuHengsss/MSVMamba); their FLOPs are fvcore MACs at 224²."""
 
 import pytest
 import timm

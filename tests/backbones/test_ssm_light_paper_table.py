@@ -1,5 +1,6 @@
-"""Parameters (and FLOPs where the papers give them) of Vim, EfficientVMamba and MobileMamba against their tables
-(see ../shared/reference/ssm_backbones.md sections 2, 6, 7)."""
+"""Parameters (and FLOPs where the papers give them) of Vim, EfficientVMamba and MobileMamba against their tables:
+the Vim paper (hustvl/Vim), EfficientVMamba's paper and training logs (TerryPei/EfficientVMamba) and MobileMamba's
+README (lewandofskee/MobileMamba)."""
 
 import pytest
 import timm

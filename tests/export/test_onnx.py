@@ -3,6 +3,7 @@ and tools/benchmark_onnx.py."""
 
 import json
 import re
+import sys
 import time
 from collections import Counter
 
@@ -182,6 +183,20 @@ def test_cli_export_and_calibration_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "max abs diff" in out and "int8, static QDQ, 2 calibration images" in out
     assert (tmp_path / "b.int8.onnx").exists()
+
+
+def test_cli_export_checks_parity_without_scikit_image(tmp_path, capsys, monkeypatch):
+    """Only the demo extra installs scikit-image: with the onnx extra alone, `vizoo export` checks parity on
+    synthetic images instead of failing on the import."""
+    from vizoo.cli import main
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "skimage"] + ["skimage"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ImportError):
+        photo_batch((3, 32, 32), count=1)
+    assert main(["export", "test_vmamba", "--output", str(tmp_path / "m.onnx")]) == 0
+    diff = float(re.search(r"max abs diff (\S+)", capsys.readouterr().out).group(1))
+    assert diff <= 1e-4
 
 
 def test_primitive_layernorm_is_exact():

@@ -57,6 +57,40 @@ def test_corrupt_checkpoint_tool_message(short_run, lfw_data, tmp_path):
     assert "is corrupt" in proc.stderr and "--resume auto" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_one_error_type_for_weights_files_and_training_checkpoints(tmp_path):
+    """A missing weights file and a missing training checkpoint raise the same class, a ValueError, so callers
+    catch one type (`vizoo export` reads both kinds)."""
+    from vizoo.utils.checkpoint import CheckpointError as WeightsError
+    from vizoo.utils.checkpoint import read_state_dict
+
+    with pytest.raises(WeightsError) as weights:
+        read_state_dict(tmp_path / "missing.pth")
+    with pytest.raises(WeightsError) as training:
+        load_checkpoint(tmp_path / "missing")
+    assert type(weights.value) is type(training.value) is CheckpointError
+    assert isinstance(training.value, ValueError)
+
+
+def test_resume_from_a_weights_file_says_what_resume_takes(lfw_data, tmp_path, capsys):
+    """`--resume OUTPUT/model_ema.safetensors` (the final weights, not a checkpoint) names what --resume takes and
+    points to --initial-checkpoint, rather than reporting that the output folder has no state.pt."""
+    from safetensors.torch import save_file
+
+    from vizoo.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    weights = out / "model_ema.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    with pytest.raises(CheckpointError, match="is a file, not a training checkpoint: --resume takes a checkpoint"):
+        load_checkpoint(weights)
+    args = ["--data-dir", lfw_data, "--img-size", 32, "--workers", 0, "--resume", weights, "--output", out]
+    assert main(["train", *map(str, args)]) == 1
+    err = capsys.readouterr().err
+    assert "written by `vizoo train`" in err and "'auto'" in err and "--initial-checkpoint" in err, err
+    assert "no state.pt" not in err
+
+
 def test_ema_copies_state_fitted_on_the_first_batch(lfw_data, tmp_path):
     """EcoFormer fits its hashing buffers on the first training batch: the EMA must hold the fitted values, not an
     average of them with the unfitted init (timm's EMA averages every float buffer)."""

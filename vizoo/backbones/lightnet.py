@@ -17,7 +17,7 @@ linear; **MD-LRPE** (linearized relative positional encoding) rotates q and k̃ 
 goes through an RMSNorm gated by a low-rank sigmoid gate of the block input, then a projection. Classification is by
 global average pooling. Without a position-embedding table any input size (multiple of 16, non-square) works.
 
-What is vizoo's reading rather than the paper's text: the OpenNLPLab code was not available here; the additive
+What is vizoo's reading rather than the paper's text: vizoo follows the paper without the OpenNLPLab code; the additive
 recurrence, SiLU on q and the low-rank gated RMSNorm follow fla-org/flash-linear-attention's LightNet layer (a causal
 language model); the MD-TPE window (r = 3), its MLP width and the real-valued 2D rotation of MD-LRPE are vizoo's
 choices. The paper's ImageNet table (params) could not be retrieved: the variants use DeiT-T/S widths and depths

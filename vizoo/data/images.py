@@ -1,4 +1,5 @@
-"""Real photographs as model inputs: scikit-image's bundled samples, or a folder of image files."""
+"""Images as model inputs: scikit-image's bundled photographs, a folder of image files, or synthetic images with a
+photograph's spectrum for when scikit-image (the ``demo`` extra) is not installed."""
 
 from __future__ import annotations
 
@@ -59,6 +60,26 @@ def photo_batch(shape: tuple[int, int, int], mean=None, std=None, count: int = 4
 
     names = [SKIMAGE_PHOTOS[i % len(SKIMAGE_PHOTOS)] for i in range(count)]
     return to_input([getattr(skimage.data, name)() for name in names], shape, mean, std)
+
+
+def synthetic_photos(count: int, size: int = 128) -> list[np.ndarray]:
+    """``count`` deterministic (size, size, 3) uint8 images with a photograph's 1/f amplitude spectrum.
+
+    Structure at every scale, as in photographs (whose amplitude spectrum falls as 1/f), rather than white noise,
+    whose activations sit far from those of real inputs; the channels share most of their structure, as colour
+    channels do. Image i is the same on every machine (numpy's PCG64 stream from seed i).
+    """
+    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
+    amplitude = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / size)
+    images = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        spectrum = rng.standard_normal((4, size, size // 2 + 1)) + 1j * rng.standard_normal((4, size, size // 2 + 1))
+        fields = np.fft.irfft2(spectrum * amplitude, s=(size, size))  # (4, size, size): shared, then one per channel
+        image = 0.8 * fields[0] + 0.2 * fields[1:]
+        low, high = np.percentile(image, (1, 99))
+        images.append((np.clip((image - low) / (high - low), 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0))
+    return images
 
 
 def image_folder(folder: str | os.PathLike, shape: tuple[int, int, int], mean=None, std=None) -> torch.Tensor:

@@ -150,8 +150,8 @@ def _onnx_graph(
     if not simplify:
         return program.model_proto
     # torch's own optimize pass (onnxscript's optimizer) gives the same graph on vizoo's models, but one of its
-    # rewrite rules is quadratic in the node count: it took 617 of 664 s for vmamba_tiny_s1l8 (4,793 nodes).
-    # Constant folding and onnxslim take about 20 s there.
+    # rewrite rules is quadratic in the node count, which dominates the export of large graphs (thousands of nodes);
+    # constant folding and onnxslim below are linear.
     import onnx_ir
     import onnxscript
     import onnxslim
@@ -203,12 +203,10 @@ def keep_block_transposes(model) -> int:
     returns how many were put in.
 
     onnxruntime (1.32) otherwise merges such a chain into one Transpose that moves the innermost axis, and that
-    copies value by value: a (1, 96, 56, 56) map moved to channel-last and into step-major order took 1.1-1.5 ms as one
-    merged Transpose against 0.05 ms for each of the two (the first one also folds into the NCHWc Conv's output
-    reorder). onnxruntime's transpose optimizer looks through a Reshape but not through a Flatten, and a Flatten costs
-    nothing (its output aliases its input). On a 2-core CPU this made vmamba_tiny_s1l8 7-12% faster in onnxruntime in
-    three A/B runs of the same graph with and without the Flattens (116.8 -> 108.2, 126.6 -> 111.3, 306 -> 276 ms, the
-    last with tests running beside it). Not used for ``mobile`` graphs: CoreML lacks Flatten.
+    copies value by value, where each of the two kept Transposes moves contiguous runs (and the first one also folds
+    into the NCHWc Conv's output reorder). onnxruntime's transpose optimizer looks through a Reshape but not through a
+    Flatten, and a Flatten costs nothing (its output aliases its input). ``tools/benchmark_onnx.py --profile`` shows
+    Transpose's share of a pass. Not used for ``mobile`` graphs: CoreML lacks Flatten.
     """
     import onnx
 
@@ -253,10 +251,10 @@ def order_gelu_for_fusion(model) -> int:
     """Reorder exact GELU's products as (x · 1/2) · (1 + erf(x / √2)), the order onnxruntime fuses into one Gelu node;
     returns how many were reordered.
 
-    torch exports x · (1/2 · (1 + erf(x / √2))), which onnxruntime (1.32) runs as five nodes. On a (1, 196, 1536) MLP
-    activation the fused node took 0.45-0.67 ms against 0.83-0.90 ms for the five; whole graphs on a 2-core CPU, A/B:
-    vmamba_tiny_s1l8 133.8 -> 129.5 and 103.9 -> 100.8 ms, mala_tiny 67.2 -> 64.8 ms. Both orders are exact in
-    float32 (halving is exact), and the ops stay the same, so other runtimes see the same graph but for the order.
+    torch exports x · (1/2 · (1 + erf(x / √2))), which onnxruntime (1.32) runs as five nodes, each a pass over the
+    activation, where the fused Gelu makes one (``tools/benchmark_onnx.py --profile`` lists both). Both orders are
+    exact in float32 (halving is exact), and the ops stay the same, so other runtimes see the same graph but for the
+    order.
     """
     constants = _constant_values(model)
     producers = {output: node for node in model.graph.node for output in node.output}
@@ -329,11 +327,19 @@ def _drop_same_type_castlike(model) -> None:
 
 
 def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = None, count: int = 4) -> torch.Tensor:
-    """Real photographs from scikit-image, resized to (C, H, W) and normalised with the model's mean and std."""
-    from vizoo.data import photo_batch
+    """(count, C, H, W) photographs from scikit-image, resized and normalised with the model's mean and std.
+
+    Without scikit-image (only the ``demo`` extra installs it), deterministic synthetic images with a photograph's
+    spectrum (``vizoo.data.synthetic_photos``) stand in, so export and its parity check need only the ``onnx`` extra.
+    """
+    from vizoo.data import photo_batch, synthetic_photos, to_input
 
     cfg = getattr(model, "pretrained_cfg", {}) if model is not None else {}
-    return photo_batch(shape, mean=cfg.get("mean"), std=cfg.get("std"), count=count)
+    try:
+        return photo_batch(shape, mean=cfg.get("mean"), std=cfg.get("std"), count=count)
+    except ImportError:
+        _logger.info("scikit-image is not installed (the demo extra): parity is checked on synthetic images")
+        return to_input(synthetic_photos(count), shape, mean=cfg.get("mean"), std=cfg.get("std"))
 
 
 def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> np.ndarray:

@@ -198,7 +198,7 @@ class SimilarityTarget:
         rows = (torch.arange(n, device=x.device).view(1, 1, n, 1) + offset).expand_as(weight).flatten()
         size = (b * h * n, b * h * n)
         s0 = torch.sparse_coo_tensor(torch.stack([rows, cols]), weight.flatten(), size, check_invariants=True)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR is 30x faster than COO here
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR's matvec reads rows, COO's scatters
             warnings.simplefilter("ignore", UserWarning)
             self.symmetric = (s0 + s0.t()).coalesce().to_sparse_csr()
         self.codes = x.new_zeros(b, h, n, 0)

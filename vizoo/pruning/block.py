@@ -20,12 +20,13 @@ Each group is a union of whole tiles, so masks stay block-aligned, and the group
 scores. Groups are removed greedily under a global budget (``sparsity`` of all prunable linear weights), each step
 removing the group with the smallest ``score / benefit``, where the benefit mixes the weights it frees and the
 latency it saves: ``params**(1 - latency_weight) * (kappa * saved_ms)**latency_weight``. ``saved_ms`` comes from a
-:class:`~vizoo.pruning.latency.LatencyModel` timed on this machine at the layer shapes (hardware-aware, not FLOPs) and
-is re-read at the layer's current width after every removal. At least one head and one MLP group stay per block.
+:class:`~vizoo.pruning.latency.LatencyModel` timed at the layer shapes on the machine that prunes (hardware-aware, not
+FLOPs) and is re-read at the layer's current width after every removal. At least one head and one MLP group stay per
+block.
 
 ``structure="block"`` scores every tile on its own and masks the globally lowest ones (LPViT's unstructured tile
 masks). Those masks give no speedup on CPU or in ONNX; they are for the CUDA block-sparse path
-(:func:`to_block_sparse`), which needs a GPU and was not measured in vizoo (no GPU was available).
+(:func:`to_block_sparse`), which needs a GPU: ``tools/gpu_check.py`` times it against the masked dense model.
 
 Masks live in ``torch.nn.utils.parametrize`` parametrizations (:class:`BlockMask`, a ``mask`` buffer), so a
 fine-tune (:func:`finetune`) keeps pruned weights at zero.
@@ -326,7 +327,7 @@ def block_prune(
         calibration: iterable of image batches (B, C, H, W) or of (images, labels), e.g. a DataLoader.
         block: tile (rows, cols) of a weight (out, in); must divide every prunable layer.
         structure: "group" (compactable: MLP hidden groups and heads, see the module docstring) or "block" (tiles).
-        latency: a :class:`LatencyModel`, "measure" to time this model's shapes on this machine at
+        latency: a :class:`LatencyModel`, "measure" to time this model's shapes on the current machine at
             ``latency_batch`` images, or None for a parameter-proportional model.
         latency_weight: 0 ranks groups by score per weight removed, 1 by score per millisecond saved.
         micro_batch, max_batches, loss_fn: passed to :func:`fisher_importance`.
@@ -540,8 +541,8 @@ def to_block_sparse(model: nn.Module, block: tuple[int, int] = (32, 32), semi_st
     """CUDA only: store masked prunable weights as BSR tensors (``block`` tiles) or 2:4 semi-structured tensors.
 
     BSR linear layers use torch's Triton block-sparse kernels; 2:4 additionally zeroes 2 of every 4 weights per row by
-    magnitude (extra sparsity, fp16/bf16, sm80+) and uses ``torch.sparse.to_sparse_semi_structured``. Neither path has
-    been measured in vizoo: it was written without access to a GPU. On CPU this raises.
+    magnitude (extra sparsity, fp16/bf16, sm80+) and uses ``torch.sparse.to_sparse_semi_structured``. The test suite
+    runs on CPU, where this raises; ``tools/gpu_check.py`` (section ``sparse``) runs and times both forms on a GPU.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("the block-sparse path needs CUDA; on CPU use compact(model) for a real speedup")

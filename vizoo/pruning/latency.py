@@ -1,4 +1,4 @@
-"""A latency model of a ViT block's prunable parts, measured on this machine (not FLOPs).
+"""A latency model of a ViT block's prunable parts, timed on the machine that runs it (not FLOPs).
 
 Pruning a group of a ViT block changes one of two widths: the MLP hidden width ``h`` (fc1 rows and fc2 columns) or
 the number of attention heads ``k`` (qkv rows, the attention itself and proj columns). :class:`LatencyModel` times
@@ -105,7 +105,7 @@ class LatencyModel:
         points: int = 9,
         runs: int = 5,
     ) -> LatencyModel:
-        """Time the block parts of a ViT of width ``dim`` (MLP ``hidden``, ``num_heads`` x ``head_dim``) on this CPU.
+        """Time the block parts of a ViT of width ``dim`` (MLP ``hidden``, ``num_heads`` x ``head_dim``) on the CPU.
 
         MLP widths are measured at about ``points`` multiples of ``step`` between ``step`` and ``hidden`` and
         interpolated in between; every head count 1..``num_heads`` is measured.

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vizoo.utils.checkpoint import CheckpointError
+
 __all__ = [
     "CheckpointError",
     "Checkpoint",
@@ -40,10 +42,12 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 _PREFIX = "step-"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or corrupt."""
+# what --resume accepts, for errors about a path that is not a checkpoint (a weights file is the usual mistake)
+_RESUME_TAKES = (
+    "--resume takes a checkpoint folder written by `vizoo train` or the fine-tuning commands "
+    "(OUTPUT/checkpoints/step-000001000, or the OUTPUT/checkpoints/last file), or 'auto' with `vizoo train`; to start "
+    "`vizoo train` from a weights file, pass it with --initial-checkpoint"
+)
 
 
 @dataclass
@@ -169,12 +173,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_file() and path.name == "last":
         path = path.parent / path.read_text().strip()
     elif path.is_file():
+        if not (path.parent / "state.pt").exists() and not path.parent.name.startswith(_PREFIX):
+            raise CheckpointError(f"{str(path)!r} is a file, not a training checkpoint: {_RESUME_TAKES}")
         path = path.parent
     if not path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; pass a folder such as "
-            "OUTPUT/checkpoints/step-000001000 or --resume auto"
-        )
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; {_RESUME_TAKES}")
     others = [str(p) for p in list_checkpoints(path.parent) if p != path]
     hint = (
         (
@@ -188,7 +191,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(state_file, map_location=map_location, weights_only=False)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no state.pt{hint}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} has no state.pt{hint or '; ' + _RESUME_TAKES}") from None
     except Exception as e:
         raise CheckpointError(f"checkpoint file {str(state_file)!r} is corrupt or truncated ({e}){hint}") from e
     if not isinstance(state, dict) or "sha256" not in state:

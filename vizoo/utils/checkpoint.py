@@ -19,7 +19,10 @@ STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "net_E", "state_dict", "model"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+    """A checkpoint that cannot be read, is not what was asked for, or does not fit the model it is loaded into.
+
+    The one error type of every checkpoint in vizoo: weights files (this module) and training checkpoint folders
+    (:mod:`vizoo.train.checkpoint`). A ValueError, since the cause is always a bad input file or path."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -20,8 +20,8 @@ def cross_merge_torch(y: torch.Tensor, out_channel_first: bool = True) -> torch.
 
     The sum is formed channel-last: the routes go to (l, c) layout in one transpose, after which flipping a route and
     turning column-major order back into row-major move whole pixels (contiguous runs of c values). onnxruntime runs
-    those moves several times faster than the per-channel [0, 1, 3, 2] Transpose of small (h, w) maps that a
-    channel-first sum needs; this cut vmamba_tiny_s1l8's onnxruntime time by about 7%, with eager time unchanged.
+    those moves as contiguous copies, while the per-channel [0, 1, 3, 2] Transpose of small (h, w) maps that a
+    channel-first sum needs copies value by value; ``tools/benchmark_onnx.py --profile`` shows the time per op type.
     """
     b, _, c, h, w = y.shape
     forward, reverse = y.flatten(3).transpose(2, 3).split(2, dim=1)  # (b, 2, l, c) each: the row and column routes
@@ -41,12 +41,10 @@ def route_order_torch(maps: torch.Tensor) -> torch.Tensor:
 def column_major(x: torch.Tensor) -> torch.Tensor:
     """(..., h, w) -> (..., w·h): the map read column by column.
 
-    Eager PyTorch takes one strided copy. While exporting, the columns are cut off and put end to end instead (one
-    Split and one Concat in ONNX): onnxruntime is slow at a Transpose of the last two axes of small maps (one small
-    transpose per channel). With this and ``from_column_major``, msvmamba_nano ran 7-12% faster in onnxruntime (three
-    A/B runs: 42.3 -> 37.4, 44.1 -> 40.1 and 42.6 -> 39.5 ms median), msvmamba_v3_tiny 9% (145.9 -> 133.1 ms) and
-    vanilla_vmamba_tiny 10% (641.6 -> 579.1 ms). In eager PyTorch the cut-and-join form took 2-5x the time of the
-    strided copy (514 against 107 us for a (1, 192, 56, 56) map).
+    Eager PyTorch takes one strided copy, its fastest form. While exporting, the columns are cut off and put end to
+    end instead (one Split and one Concat in ONNX): onnxruntime is slow at a Transpose of the last two axes of small
+    maps (one small transpose per channel), and the Split/Concat moves whole columns. The two forms give the same
+    values; ``tools/benchmark_onnx.py --profile`` shows the time per op type.
     """
     if is_exporting():
         return torch.cat(x.split(1, dim=-1), dim=-2).flatten(-2)
