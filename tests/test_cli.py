@@ -2,11 +2,13 @@
 
 import subprocess
 import sys
+import time
 
 import timm
 import torch
 
 import vizoo
+from vizoo import model_table
 from vizoo.cli import main
 
 
@@ -21,11 +23,49 @@ def test_test_vmamba_registered():
 
 
 def test_list(capsys):
-    code, out, _ = _run(capsys, "list", "test_*")
-    assert code == 0
+    code, out, err = _run(capsys, "list", "test_*")
+    assert code == 0 and err == ""
+    assert out.splitlines()[0].split() == ["model", "family", "params", "(M)", "GMACs", "input", "size"]
     line = next(line for line in out.splitlines() if line.startswith("test_vmamba"))
-    params, gmacs = line.split()[1:3]
-    assert 0.1 < float(params) < 2.0 and float(gmacs) > 0
+    family, params, gmacs, size = line.split()[1:]
+    assert family == "vmamba" and 0.1 < float(params) < 2.0 and float(gmacs) > 0 and size == "3x64x64"
+    assert len(out.splitlines()) == 2 + len(vizoo.list_models("test_*"))  # header, rule, one line a model
+
+
+def test_list_builds_no_model(capsys, monkeypatch):
+    """``vizoo list`` reads the model table: it builds nothing, so it answers at once for all models."""
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("vizoo list built a model")
+
+    monkeypatch.setattr(timm, "create_model", no_build)
+    monkeypatch.setattr(model_table, "create", no_build)
+    start = time.perf_counter()
+    code, out, err = _run(capsys, "list")
+    assert code == 0 and err == "" and time.perf_counter() - start < 5
+    assert len(out.splitlines()) == 2 + len(vizoo.list_models())
+    assert "-" not in [field for line in out.splitlines() for field in line.split()]
+
+
+def test_list_live_counts_what_the_table_says(capsys):
+    _, table, _ = _run(capsys, "list", "test_vmamba")
+    code, live, _ = _run(capsys, "list", "test_vmamba", "--live")
+    assert code == 0 and live == table
+    code, live, _ = _run(capsys, "list", "test_vmamba", "--live", "--no-macs")
+    line = live.splitlines()[2].split()
+    assert code == 0 and line[3] == "-" and line[2] == table.splitlines()[2].split()[2]
+
+
+def test_list_a_model_missing_from_the_table(capsys, monkeypatch):
+    """A model registered after the table was generated is listed with "-" and one line says how to regenerate."""
+    rows = [r for r in model_table.load_rows() if r.model != "test_vmamba"]
+    monkeypatch.setattr(model_table, "load_rows", lambda: rows)
+    code, out, err = _run(capsys, "list", "test_*")
+    assert code == 0
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert lines["test_vmamba"] == ["vmamba", "-", "-", "-"]
+    assert lines["test_vssd"][0] == "vssd" and float(lines["test_vssd"][1]) > 0
+    assert len(err.splitlines()) == 1 and "python tools/model_table.py" in err and "test_vmamba" in err
 
 
 def test_list_no_match(capsys):
