@@ -12,6 +12,7 @@ runtime HxW, so unlike the official classification code (a complex RoPE buffer f
 
 vizoo's model is channel-last (NHWC) inside, and its stages downsample first (the official MBConv-style merging
 that ends each official stage starts the next one here), so every stage output is a feature map at its stride.
+The stem and downsample (``vizoo.layers.mlla_stem``) are shared with Spatial-Mamba and VSSD.
 """
 
 from __future__ import annotations
@@ -26,55 +27,9 @@ from timm.models import generate_default_cfgs, register_model
 from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MLLALinearAttention
+from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 
 __all__ = ["MLLA"]
-
-
-class ConvNormAct(nn.Module):
-    """Conv2d -> optional BatchNorm -> optional activation (the official ``ConvLayer``'s names)."""
-
-    def __init__(self, in_dim, out_dim, kernel_size=3, stride=1, groups=1, bias=True, norm=True, act=True):
-        super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
-        self.norm = nn.BatchNorm2d(out_dim) if norm else nn.Identity()
-        self.act = nn.ReLU() if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
-
-
-class MLLAStem(nn.Module):
-    """Stride-4 conv stem: conv s2; a residual pair of 3x3 convs; conv s2 to 4C; 1x1 to C. NCHW in, NHWC out."""
-
-    def __init__(self, in_chans: int, dim: int):
-        super().__init__()
-        half = dim // 2
-        self.conv1 = ConvNormAct(in_chans, half, stride=2, bias=False)
-        self.conv2 = nn.Sequential(ConvNormAct(half, half, bias=False), ConvNormAct(half, half, bias=False, act=False))
-        self.conv3 = nn.Sequential(
-            ConvNormAct(half, 4 * dim, stride=2, bias=False), ConvNormAct(4 * dim, dim, 1, bias=False, act=False)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = self.conv2(x) + x
-        return self.conv3(x).permute(0, 2, 3, 1)
-
-
-class MBConvDownsample(nn.Module):
-    """1x1 conv to 4·C_out -> DW3x3 stride 2 -> 1x1 conv + BN (the official ``PatchMerging``). NHWC in and out."""
-
-    def __init__(self, in_dim: int, dim: int, ratio: float = 4.0):
-        super().__init__()
-        hidden = int(dim * ratio)
-        self.conv = nn.Sequential(
-            ConvNormAct(in_dim, hidden, 1, norm=False),
-            ConvNormAct(hidden, hidden, 3, stride=2, groups=hidden, norm=False),
-            ConvNormAct(hidden, dim, 1, act=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -140,12 +95,12 @@ class MLLA(StagedBackbone):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
-        self.stem = MLLAStem(in_chans, embed_dim)
+        self.stem = MllaStem(in_chans, embed_dim)
         self.stages, self.feature_info = build_stages(
             dims,
             depths,
             drop_path_rate,
-            MBConvDownsample,
+            MllaDownsample,
             lambda i, dim, drop_path: MLLABlock(dim, num_heads[i], mlp_ratio, qkv_bias, drop_path),
         )
         self.norm = nn.LayerNorm(dims[-1])

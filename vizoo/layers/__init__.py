@@ -7,6 +7,7 @@ from vizoo.layers.linear_attention import (
     SoftmaxAttentionRoPE,
     StripAttention,
 )
+from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 from vizoo.layers.ss2d import SS2D
 from vizoo.layers.vmamba_blocks import ConvDownsample, ConvStem, PatchStem, VSSBlock, downsample_layer, stem_layer
 
@@ -16,6 +17,8 @@ __all__ = [
     "NormAttention",
     "SoftmaxAttentionRoPE",
     "StripAttention",
+    "MllaDownsample",
+    "MllaStem",
     "SS2D",
     "ConvDownsample",
     "ConvStem",

@@ -1,8 +1,8 @@
 """Spatial-Mamba's layers (Xiao et al., "Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State
-Fusion", ICLR 2025, arXiv 2410.15091), and the MLLA-style conv stem and downsample it shares with VSSD.
+Fusion", ICLR 2025, arXiv 2410.15091). Its stem and downsample are MLLA's, in ``vizoo.layers.mlla_stem``.
 
-Channel-last (B, H, W, C) in and out of every module but the stem's input. Parameter names follow the official code
-so that checkpoints map by stage prefix only.
+Channel-last (B, H, W, C) in and out. Parameter names follow the official code so that checkpoints map by stage
+prefix only.
 """
 
 from __future__ import annotations
@@ -16,70 +16,6 @@ from timm.layers import DropPath, Mlp
 
 from vizoo.kernels.selective_scan import selective_scan_states
 from vizoo.layers.ssm_init import reset_routed_ssm_
-
-
-class ConvNormAct(nn.Module):
-    """Conv2d, optional BatchNorm, optional activation (MLLA's ``ConvLayer``; keys ``conv`` and ``norm``)."""
-
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        bias: bool = True,
-        norm: bool = True,
-        act: bool = True,
-    ):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=bias)
-        self.norm = nn.BatchNorm2d(out_chs) if norm else None
-        self.act = nn.ReLU() if act else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        return self.act(x) if self.act is not None else x
-
-
-class MllaStem(nn.Module):
-    """conv3x3 s2 -> residual pair of conv3x3 -> conv3x3 s2 to 4C -> conv1x1 to C, with BN (and ReLU but on the
-    projections). (B, C_in, H, W) -> (B, H/4, W/4, C)."""
-
-    def __init__(self, in_chans: int, dim: int):
-        super().__init__()
-        half = dim // 2
-        self.conv1 = ConvNormAct(in_chans, half, 3, stride=2, bias=False)
-        self.conv2 = nn.Sequential(
-            ConvNormAct(half, half, 3, bias=False), ConvNormAct(half, half, 3, bias=False, act=False)
-        )
-        self.conv3 = nn.Sequential(
-            ConvNormAct(half, dim * 4, 3, stride=2, bias=False), ConvNormAct(dim * 4, dim, 1, bias=False, act=False)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = self.conv2(x) + x
-        return self.conv3(x).permute(0, 2, 3, 1)
-
-
-class MllaDownsample(nn.Module):
-    """Inverted-bottleneck downsample: 1x1 to 4·out (ReLU) -> DW3x3 s2 (ReLU) -> 1x1 to out + BN.
-    (B, H, W, C_in) -> (B, H/2, W/2, C_out)."""
-
-    def __init__(self, in_dim: int, out_dim: int, ratio: float = 4.0):
-        super().__init__()
-        hidden = int(out_dim * ratio)
-        self.conv = nn.Sequential(
-            ConvNormAct(in_dim, hidden, 1, norm=False),
-            ConvNormAct(hidden, hidden, 3, stride=2, groups=hidden, norm=False),
-            ConvNormAct(hidden, out_dim, 1, act=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class StateFusion(nn.Module):

@@ -38,6 +38,7 @@ from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -239,14 +240,128 @@ def train(cfg: TrainConfig) -> TrainResult:
             dist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """One training run's parts and its position, read and advanced by the steps of :func:`_train`.
+
+    ``module`` is the unwrapped model: what is saved, evaluated, averaged by the EMA and returned. ``model`` is what
+    the training steps call: ``module`` itself, or its DistributedDataParallel wrapper under several processes.
+    """
+
+    cfg: TrainConfig
+    d: _Dist
+    out: Path
+    classes: list[str]
+    module: nn.Module
+    train_loader: DataLoader
+    sampler: ResumableSampler
+    val_loader: DataLoader | None
+    img_size: int
+    lr: float
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None
+    mixup: Mixup | None
+    loss_fn: nn.Module
+    model: nn.Module
+    writer: Any = None  # tensorboard's SummaryWriter on rank 0 with --tensorboard
+    global_step: int = 0  # optimizer steps since the run started, resumed ones included
+    epoch_loss: tuple[float, int] = (0.0, 0)  # this rank's (sum of batch losses, batches) in the epoch so far
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.global_batch(self.d.world_size)
+
+
 def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str]) -> TrainResult:
+    """Build the run, resume it if asked, wrap it for DDP, train the remaining epochs, write the final weights."""
+    run = _build_run(cfg, d, train_split, val_split, classes)
+    start_epoch, start_batch = _resume(run)
+    if d.world_size > 1:
+        device_ids = [d.device.index] if d.device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(run.module, device_ids=device_ids)
+    if d.main:
+        _start_logging(run)
+    t_start = time.perf_counter()
+    metrics = _train_epochs(run, start_epoch, start_batch)
+    if d.main:
+        _write_final_weights(run)
+        _logger.info(
+            "finished %d epoch(s) in %.1fs; outputs in %s",
+            cfg.epochs - start_epoch,
+            time.perf_counter() - t_start,
+            run.out,
+        )
+    ema = run.ema.module if run.ema is not None else None
+    return TrainResult(run.out, run.module, ema, classes, run.global_step, metrics)
+
+
+def _build_run(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str]) -> _Run:
+    """Seed, then build the model, data loaders, optimizer, LR scheduler, AMP scaler, EMA and loss.
+
+    The seed comes first so that the initial weights depend on it alone (the loaders draw from their own generators,
+    not the global RNG); the EMA copies the model after it is placed on the device and SyncBN-converted.
+    """
     out = Path(cfg.output)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     random_seed(cfg.seed, d.rank)
+    module = _build_model(cfg, len(classes))
+    train_loader, sampler, val_loader, img_size = _build_loaders(cfg, d, module, train_split, val_split)
+    module = _place_model(cfg, d, module)
+    lr, warmup_lr, min_lr = cfg.resolved_lrs(d.world_size)
+    optimizer = create_optimizer_v2(
+        module, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps, betas=tuple(cfg.opt_betas)
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=warmup_lr,
+        min_lr=min_lr,
+        warmup_prefix=True,
+        step_on_epochs=not cfg.sched_on_updates,
+        updates_per_epoch=sampler.batches_per_epoch,
+    )
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
+    scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEmaV3(module, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    mixup, loss_fn = _build_loss(cfg, len(classes))
+    return _Run(
+        cfg=cfg,
+        d=d,
+        out=out,
+        classes=classes,
+        module=module,
+        train_loader=train_loader,
+        sampler=sampler,
+        val_loader=val_loader,
+        img_size=img_size,
+        lr=lr,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        ema=ema,
+        mixup=mixup,
+        loss_fn=loss_fn,
+        model=module,
+    )
 
-    # model and data pipelines
-    model = _build_model(cfg, len(classes))
+
+def _build_loaders(
+    cfg: TrainConfig, d: _Dist, model: nn.Module, train_split, val_split
+) -> tuple[DataLoader, ResumableSampler, DataLoader | None, int]:
+    """The train loader (its resumable sampler reads this rank's stride), the val loader (None without a val split)
+    and the image size; resize, crop, mean and std come from the model's ``pretrained_cfg`` unless ``cfg`` sets them.
+    """
     data_cfg = resolve_data_config({}, model=model)
     img_size = cfg.img_size or data_cfg["input_size"][-1]
     crop_pct = cfg.crop_pct or data_cfg.get("crop_pct") or 0.875
@@ -258,10 +373,7 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
     eval_tf = build_eval_transform(img_size, mean, std, crop_pct, interp)
     train_ds = ImageFolderDataset(train_split, train_tf, seed=cfg.seed, in_chans=cfg.in_chans)
     sampler = ResumableSampler(len(train_ds), cfg.batch_size, d.rank, d.world_size, seed=cfg.seed)
-    steps_per_epoch = sampler.batches_per_epoch
-    global_batch = cfg.global_batch(d.world_size)
     pin = d.device.type == "cuda"
-    loader_gen = torch.Generator().manual_seed(cfg.seed)  # keeps the loaders off the global torch RNG
     train_loader = DataLoader(
         train_ds,
         batch_size=cfg.batch_size,
@@ -269,7 +381,7 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
         num_workers=cfg.workers,
         pin_memory=pin,
         drop_last=True,
-        generator=loader_gen,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the loaders off the global torch RNG
         persistent_workers=False,
     )
     val_loader = None
@@ -283,7 +395,11 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
             pin_memory=pin,
             generator=torch.Generator().manual_seed(cfg.seed),
         )
+    return train_loader, sampler, val_loader, img_size
 
+
+def _place_model(cfg: TrainConfig, d: _Dist, model: nn.Module) -> nn.Module:
+    """Move the model to the device; gradient checkpointing, channels_last and SyncBN (CUDA, several processes)."""
     model.to(d.device)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -294,26 +410,12 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
             _logger.warning("--sync-bn needs CUDA; ignored on %s", d.device)
         else:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    lr, warmup_lr, min_lr = cfg.resolved_lrs(d.world_size)
-    optimizer = create_optimizer_v2(
-        model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps, betas=tuple(cfg.opt_betas)
-    )
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=cfg.sched,
-        num_epochs=cfg.epochs,
-        warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=warmup_lr,
-        min_lr=min_lr,
-        warmup_prefix=True,
-        step_on_epochs=not cfg.sched_on_updates,
-        updates_per_epoch=steps_per_epoch,
-    )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
-    scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    return model
 
-    mixup = None
+
+def _build_loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
+    """Mixup/CutMix (None when both alphas are 0) and the loss that fits the targets it makes: soft-target cross
+    entropy after mixing (which applies the label smoothing), else label smoothing, else plain cross entropy."""
     if cfg.mixup > 0 or cfg.cutmix > 0:
         if cfg.batch_size % 2:
             raise ValueError(f"mixup/cutmix need an even batch size per process, got {cfg.batch_size}")
@@ -324,267 +426,314 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
             switch_prob=cfg.mixup_switch_prob,
             mode=cfg.mixup_mode,
             label_smoothing=cfg.smoothing,
-            num_classes=len(classes),
+            num_classes=num_classes,
         )
-        loss_fn: nn.Module = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
-    else:
-        loss_fn = nn.CrossEntropyLoss()
+        return mixup, SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return None, nn.CrossEntropyLoss()
 
-    # resume
-    start_epoch, start_batch, global_step, loss_acc = 0, 0, 0, (0.0, 0)
+
+def _resume(run: _Run) -> tuple[int, int]:
+    """Restore the run from ``cfg.resume``: a checkpoint, or "auto" for the newest in ``output/checkpoints`` if any.
+
+    Loads the weights, optimizer, scheduler, scaler, EMA, this rank's RNG states, the global step and the epoch's
+    loss so far, and drops the log lines the interrupted run wrote after the checkpoint. Returns the epoch and the
+    batch in it to start at: (0, 0) when there is nothing to resume.
+    """
+    cfg, d = run.cfg, run.d
     ckpt = None
     if cfg.resume == "auto":
-        ckpt = find_resume_checkpoint(out)
+        ckpt = find_resume_checkpoint(run.out)
         if ckpt is None:
-            _logger.info("--resume auto: no checkpoint in %s, starting from scratch", out / "checkpoints")
+            _logger.info("--resume auto: no checkpoint in %s, starting from scratch", run.out / "checkpoints")
     elif cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
-    if ckpt is not None:
-        _check_resume(ckpt, cfg, classes, steps_per_epoch, global_batch)
-        st = ckpt.state
-        model.load_state_dict(ckpt.model)
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        if ema is not None:
-            if ckpt.ema is None:
-                _logger.warning("checkpoint has no EMA weights; the EMA restarts from the resumed weights")
-                ema.module.load_state_dict(ckpt.model)
-            else:
-                ema.module.load_state_dict(ckpt.ema)
-        start_epoch, start_batch, global_step = st["epoch"], st["step_in_epoch"], st["step"]
-        loss_acc = tuple(st.get("epoch_loss", (0.0, 0)))
-        rngs = st.get("rng") or []
-        if len(rngs) == d.world_size:
-            restore_rng(rngs[d.rank])
+    if ckpt is None:
+        return 0, 0
+    _check_resume(ckpt, cfg, run.classes, run.steps_per_epoch, run.global_batch)
+    st = ckpt.state
+    run.module.load_state_dict(ckpt.model)
+    run.optimizer.load_state_dict(st["optimizer"])
+    run.scheduler.load_state_dict(st["scheduler"])
+    run.scaler.load_state_dict(st["scaler"])
+    if run.ema is not None:
+        if ckpt.ema is None:
+            _logger.warning("checkpoint has no EMA weights; the EMA restarts from the resumed weights")
+            run.ema.module.load_state_dict(ckpt.model)
         else:
-            _logger.warning(
-                "checkpoint has RNG states of %d processes, this run has %d; reseeding", len(rngs), d.world_size
-            )
-        _logger.info(
-            "resumed from %s: epoch %d, step %d of %d in the epoch, global step %d",
-            ckpt.path,
-            start_epoch + 1,
-            start_batch,
-            steps_per_epoch,
-            global_step,
+            run.ema.module.load_state_dict(ckpt.ema)
+    start_epoch, start_batch, run.global_step = st["epoch"], st["step_in_epoch"], st["step"]
+    run.epoch_loss = tuple(st.get("epoch_loss", (0.0, 0)))
+    rngs = st.get("rng") or []
+    if len(rngs) == d.world_size:
+        restore_rng(rngs[d.rank])
+    else:
+        _logger.warning(
+            "checkpoint has RNG states of %d processes, this run has %d; reseeding", len(rngs), d.world_size
         )
-        if d.main:  # drop log lines the killed run wrote after this checkpoint
-            for name in ("steps.jsonl", "metrics.jsonl"):
-                rows = _read_jsonl(out / name)
-                _rewrite_jsonl(out / name, [r for r in rows if r.get("step", 0) <= global_step])
-        del ckpt
+    _logger.info(
+        "resumed from %s: epoch %d, step %d of %d in the epoch, global step %d",
+        ckpt.path,
+        start_epoch + 1,
+        start_batch,
+        run.steps_per_epoch,
+        run.global_step,
+    )
+    if d.main:  # drop log lines the killed run wrote after this checkpoint
+        for name in ("steps.jsonl", "metrics.jsonl"):
+            rows = _read_jsonl(run.out / name)
+            _rewrite_jsonl(run.out / name, [r for r in rows if r.get("step", 0) <= run.global_step])
+    return start_epoch, start_batch
 
-    module = model  # the unwrapped model: what is saved and returned
-    if d.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if pin else None)
 
-    writer = None
-    if d.main:
-        import yaml
+def _start_logging(run: _Run) -> None:
+    """Rank 0: write ``config.yaml``, open the tensorboard writer (with --tensorboard) and log the run's summary."""
+    import yaml
 
-        (out / "config.yaml").write_text(
-            yaml.safe_dump(
-                dict(cfg.to_dict(), scale=list(cfg.scale), ratio=list(cfg.ratio), opt_betas=list(cfg.opt_betas)),
-                sort_keys=False,
-            )
+    cfg, d = run.cfg, run.d
+    (run.out / "config.yaml").write_text(
+        yaml.safe_dump(
+            dict(cfg.to_dict(), scale=list(cfg.scale), ratio=list(cfg.ratio), opt_betas=list(cfg.opt_betas)),
+            sort_keys=False,
         )
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    )
+    if cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                _logger.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); skipped")
-        _logger.info(
-            "training %s (%d classes) on %d images (%d val) at %dx%d: %d epochs x %d steps, global batch %d "
-            "(%d process(es) on %s), lr %.3g, warmup %s epochs, drop_path %s, mixup %s, cutmix %s, EMA %s, amp %s",
-            cfg.model,
-            len(classes),
-            len(train_ds),
-            len(val_loader.dataset) if val_loader else 0,
-            img_size,
-            img_size,
-            cfg.epochs,
-            steps_per_epoch,
-            global_batch,
-            d.world_size,
-            d.device.type,
-            lr,
-            cfg.warmup_epochs,
-            "variant default" if cfg.drop_path is None else cfg.drop_path,
-            cfg.mixup,
-            cfg.cutmix,
-            cfg.model_ema,
-            cfg.amp,
-        )
+            run.writer = SummaryWriter(str(run.out / "tensorboard"))
+        except ImportError:
+            _logger.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); skipped")
+    _logger.info(
+        "training %s (%d classes) on %d images (%d val) at %dx%d: %d epochs x %d steps, global batch %d "
+        "(%d process(es) on %s), lr %.3g, warmup %s epochs, drop_path %s, mixup %s, cutmix %s, EMA %s, amp %s",
+        cfg.model,
+        len(run.classes),
+        len(run.train_loader.dataset),
+        len(run.val_loader.dataset) if run.val_loader else 0,
+        run.img_size,
+        run.img_size,
+        cfg.epochs,
+        run.steps_per_epoch,
+        run.global_batch,
+        d.world_size,
+        d.device.type,
+        run.lr,
+        cfg.warmup_epochs,
+        "variant default" if cfg.drop_path is None else cfg.drop_path,
+        cfg.mixup,
+        cfg.cutmix,
+        cfg.model_ema,
+        cfg.amp,
+    )
 
-    def checkpoint(epoch: int, step_in_epoch: int, acc: tuple[float, int]) -> None:
-        rngs = [None] * d.world_size
-        if d.world_size > 1:
-            dist.all_gather_object(rngs, capture_rng())
-        else:
-            rngs = [capture_rng()]
-        if d.main:
-            state = dict(
-                model_name=cfg.model,
-                num_classes=len(classes),
-                classes=classes,
-                epoch=epoch,
-                step_in_epoch=step_in_epoch,
-                steps_per_epoch=steps_per_epoch,
-                global_batch=global_batch,
-                world_size=d.world_size,
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                rng=rngs,
-                config=cfg.to_dict(),
-                epoch_loss=acc,
-            )
-            path = save_checkpoint(
-                out / "checkpoints",
-                global_step,
-                module.state_dict(),
-                state,
-                ema.module.state_dict() if ema is not None else None,
-                keep=cfg.checkpoint_keep,
-            )
-            _logger.debug("wrote %s", path)
-        if d.world_size > 1:
-            dist.barrier()
 
-    metrics_rows = _read_jsonl(out / "metrics.jsonl") if d.main else []
+def _train_epochs(run: _Run, start_epoch: int, start_batch: int) -> list[dict[str, Any]]:
+    """Train from batch ``start_batch`` of epoch ``start_epoch`` to the end; after each epoch record its metrics and
+    write a checkpoint. Returns the metric rows of the epochs trained here."""
+    metrics_rows = _read_jsonl(run.out / "metrics.jsonl") if run.d.main else []  # earlier invocations' rows too
     new_metrics: list[dict[str, Any]] = []
-    model.train()
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        first = start_batch if epoch == start_epoch else 0
-        if epoch != start_epoch:
-            loss_acc = (0.0, 0)
-        sampler.set_epoch(epoch, first)
-        bar = None
-        batches = train_loader
-        if d.main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                train_loader,
-                total=steps_per_epoch,
-                initial=first,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                leave=False,
-                file=sys.stderr,
-                disable=None,
-                dynamic_ncols=True,
-            )
-            batches = bar
+    run.model.train()
+    for epoch in range(start_epoch, run.cfg.epochs):
         t_epoch = time.perf_counter()
-        for i, (x, y) in enumerate(batches, start=first):
-            x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-            if mixup is not None:
-                x, y = mixup(x, y)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(model(x), y)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}; lower --lr, "
-                    "raise --warmup-epochs, or use --amp bf16 instead of fp16"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad and cfg.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            if ema is not None and global_step == 1:
-                # Start the average from the model after its first step, so that state fitted on the first batch
-                # (EcoFormer's hashing buffers) is copied rather than averaged with its unfitted initial values.
-                ema.set(module)
-            elif ema is not None:
-                ema.update(module, step=global_step)
-            if cfg.sched_on_updates:
-                scheduler.step_update(num_updates=global_step)
-            loss_acc = (loss_acc[0] + loss.item(), loss_acc[1] + 1)
-            if global_step % max(cfg.log_every, 1) == 0:
-                mean_loss = _all_reduce_sum([loss.item()], d)[0] / d.world_size
-                if d.main:
-                    row = {
-                        "epoch": epoch,
-                        "step": global_step,
-                        "step_in_epoch": i + 1,
-                        "loss": mean_loss,
-                        "lr": optimizer.param_groups[0]["lr"],
-                    }
-                    with open(out / "steps.jsonl", "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    if writer is not None:
-                        writer.add_scalar("train/loss", mean_loss, global_step)
-                        writer.add_scalar("train/lr", row["lr"], global_step)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_acc[0] / loss_acc[1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
-                checkpoint(epoch, i + 1, loss_acc)
-        if bar is not None:
-            bar.close()
-        if not cfg.sched_on_updates:
-            scheduler.step(epoch + 1)
-
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": global_step}
-        tl = _all_reduce_sum([loss_acc[0], float(loss_acc[1])], d)
-        row["train_loss"] = tl[0] / max(tl[1], 1.0)
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        last_epoch = epoch + 1 == cfg.epochs
-        if val_loader is not None and (last_epoch or (epoch + 1) % max(cfg.eval_every, 1) == 0):
-            m = evaluate(module, val_loader, d.device, amp_dtype, d, cfg.channels_last)
-            row.update(val_loss=m["loss"], top1=m["top1"], top5=m["top5"])
-            if ema is not None:
-                m = evaluate(ema.module, val_loader, d.device, amp_dtype, d, cfg.channels_last)
-                row.update(ema_val_loss=m["loss"], ema_top1=m["top1"], ema_top5=m["top5"])
+        _train_epoch(run, epoch, start_batch if epoch == start_epoch else 0)
+        row = _epoch_metrics(run, epoch)
         row["epoch_s"] = time.perf_counter() - t_epoch
         new_metrics.append(row)
-        if d.main:
+        if run.d.main:
             metrics_rows.append(row)
-            _rewrite_jsonl(out / "metrics.jsonl", metrics_rows)
-            _write_csv(out / "metrics.csv", metrics_rows)
-            if writer is not None:
-                for k, v in row.items():
-                    if k not in ("epoch", "step"):
-                        writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-            _logger.info(
-                "epoch %d/%d: %s",
-                epoch + 1,
-                cfg.epochs,
-                "  ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"
-                ),
-            )
-        checkpoint(epoch + 1, 0, (0.0, 0))
+            _log_epoch(run, row, metrics_rows)
+        run.epoch_loss = (0.0, 0)
+        _write_checkpoint(run, epoch + 1, 0)
+    return new_metrics
 
+
+def _train_epoch(run: _Run, epoch: int, first: int) -> None:
+    """One epoch's steps from batch ``first`` (past those a resumed run already trained on), with a progress bar on
+    rank 0, a step log every ``log_every`` steps and a checkpoint every ``checkpoint_every``; then an epoch-wise
+    scheduler step."""
+    cfg = run.cfg
+    run.sampler.set_epoch(epoch, first)
+    bar = None
+    batches = run.train_loader
+    if run.d.main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            run.train_loader,
+            total=run.steps_per_epoch,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+        )
+        batches = bar
+    for i, (x, y) in enumerate(batches, start=first):
+        loss = _train_step(run, x, y, epoch, i)
+        run.epoch_loss = (run.epoch_loss[0] + loss, run.epoch_loss[1] + 1)
+        if run.global_step % max(cfg.log_every, 1) == 0:
+            _log_step(run, epoch, i + 1, loss)
+        if bar is not None:
+            lr = run.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{run.epoch_loss[0] / run.epoch_loss[1]:.4f}", lr=f"{lr:.2e}")
+        if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
+            _write_checkpoint(run, epoch, i + 1)
+    if bar is not None:
+        bar.close()
+    if not cfg.sched_on_updates:
+        run.scheduler.step(epoch + 1)
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, epoch: int, i: int) -> float:
+    """One optimizer step on batch ``i`` (mixup, AMP, gradient clipping), then the EMA and a per-update scheduler step.
+
+    Returns this rank's loss on the batch; raises FloatingPointError on a non-finite loss.
+    """
+    cfg, d = run.cfg, run.d
+    x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+    if run.mixup is not None:
+        x, y = run.mixup(x, y)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(d.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        loss = run.loss_fn(run.model(x), y)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"loss is {value} at epoch {epoch + 1}, step {i + 1}; lower --lr, "
+            "raise --warmup-epochs, or use --amp bf16 instead of fp16"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if cfg.clip_grad and cfg.clip_grad > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.module.parameters(), cfg.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.global_step += 1
+    if run.ema is not None and run.global_step == 1:
+        # Start the average from the model after its first step, so that state fitted on the first batch
+        # (EcoFormer's hashing buffers) is copied rather than averaged with its unfitted initial values.
+        run.ema.set(run.module)
+    elif run.ema is not None:
+        run.ema.update(run.module, step=run.global_step)
+    if cfg.sched_on_updates:
+        run.scheduler.step_update(num_updates=run.global_step)
+    return value
+
+
+def _log_step(run: _Run, epoch: int, step_in_epoch: int, loss: float) -> None:
+    """Average the step's loss over ranks (every rank takes part); rank 0 appends it and the lr to ``steps.jsonl``
+    and tensorboard."""
+    mean_loss = _all_reduce_sum([loss], run.d)[0] / run.d.world_size
+    if not run.d.main:
+        return
+    row = {
+        "epoch": epoch,
+        "step": run.global_step,
+        "step_in_epoch": step_in_epoch,
+        "loss": mean_loss,
+        "lr": run.optimizer.param_groups[0]["lr"],
+    }
+    with open(run.out / "steps.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if run.writer is not None:
+        run.writer.add_scalar("train/loss", mean_loss, run.global_step)
+        run.writer.add_scalar("train/lr", row["lr"], run.global_step)
+
+
+def _epoch_metrics(run: _Run, epoch: int) -> dict[str, Any]:
+    """The epoch's row: train loss (mean over ranks) and lr; on eval epochs (every ``eval_every`` and the last) the
+    val loss, top-1 and top-5 of the model and, with an EMA, of the EMA."""
+    cfg, d = run.cfg, run.d
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": run.global_step}
+    tl = _all_reduce_sum([run.epoch_loss[0], float(run.epoch_loss[1])], d)
+    row["train_loss"] = tl[0] / max(tl[1], 1.0)
+    row["lr"] = run.optimizer.param_groups[0]["lr"]
+    last_epoch = epoch + 1 == cfg.epochs
+    if run.val_loader is not None and (last_epoch or (epoch + 1) % max(cfg.eval_every, 1) == 0):
+        m = evaluate(run.module, run.val_loader, d.device, run.amp_dtype, d, cfg.channels_last)
+        row.update(val_loss=m["loss"], top1=m["top1"], top5=m["top5"])
+        if run.ema is not None:
+            m = evaluate(run.ema.module, run.val_loader, d.device, run.amp_dtype, d, cfg.channels_last)
+            row.update(ema_val_loss=m["loss"], ema_top1=m["top1"], ema_top5=m["top5"])
+    return row
+
+
+def _log_epoch(run: _Run, row: dict[str, Any], metrics_rows: list[dict[str, Any]]) -> None:
+    """Rank 0: rewrite ``metrics.jsonl`` and ``metrics.csv`` with all rows so far, add the epoch's row to
+    tensorboard and log it."""
+    _rewrite_jsonl(run.out / "metrics.jsonl", metrics_rows)
+    _write_csv(run.out / "metrics.csv", metrics_rows)
+    if run.writer is not None:
+        for k, v in row.items():
+            if k not in ("epoch", "step"):
+                run.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
+    _logger.info(
+        "epoch %d/%d: %s",
+        row["epoch"],
+        run.cfg.epochs,
+        "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"),
+    )
+
+
+def _write_checkpoint(run: _Run, epoch: int, step_in_epoch: int) -> None:
+    """Checkpoint the run at batch ``step_in_epoch`` of ``epoch``: every rank's RNG states are gathered, rank 0
+    writes the weights, EMA, optimizer, scheduler, scaler and position; all ranks wait for it."""
+    cfg, d = run.cfg, run.d
+    rngs = [None] * d.world_size
+    if d.world_size > 1:
+        dist.all_gather_object(rngs, capture_rng())
+    else:
+        rngs = [capture_rng()]
     if d.main:
-        from safetensors.torch import save_file
+        state = dict(
+            model_name=cfg.model,
+            num_classes=len(run.classes),
+            classes=run.classes,
+            epoch=epoch,
+            step_in_epoch=step_in_epoch,
+            steps_per_epoch=run.steps_per_epoch,
+            global_batch=run.global_batch,
+            world_size=d.world_size,
+            optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(),
+            scaler=run.scaler.state_dict(),
+            rng=rngs,
+            config=cfg.to_dict(),
+            epoch_loss=run.epoch_loss,
+        )
+        path = save_checkpoint(
+            run.out / "checkpoints",
+            run.global_step,
+            run.module.state_dict(),
+            state,
+            run.ema.module.state_dict() if run.ema is not None else None,
+            keep=cfg.checkpoint_keep,
+        )
+        _logger.debug("wrote %s", path)
+    if d.world_size > 1:
+        dist.barrier()
 
+
+def _write_final_weights(run: _Run) -> None:
+    """Rank 0: ``model.safetensors`` (and ``model_ema.safetensors``), ``classes.txt``; closes tensorboard."""
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in run.module.state_dict().items()},
+        str(run.out / "model.safetensors"),
+        metadata={"model": run.cfg.model, "num_classes": str(len(run.classes))},
+    )
+    if run.ema is not None:
         save_file(
-            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-            str(out / "model.safetensors"),
-            metadata={"model": cfg.model, "num_classes": str(len(classes))},
+            {k: v.detach().cpu().contiguous() for k, v in run.ema.module.state_dict().items()},
+            str(run.out / "model_ema.safetensors"),
+            metadata={"model": run.cfg.model},
         )
-        if ema is not None:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
-                str(out / "model_ema.safetensors"),
-                metadata={"model": cfg.model},
-            )
-        (out / "classes.txt").write_text("\n".join(classes) + "\n")
-        if writer is not None:
-            writer.close()
-        _logger.info(
-            "finished %d epoch(s) in %.1fs; outputs in %s", cfg.epochs - start_epoch, time.perf_counter() - t_start, out
-        )
-    return TrainResult(out, module, ema.module if ema is not None else None, classes, global_step, new_metrics)
+    (run.out / "classes.txt").write_text("\n".join(run.classes) + "\n")
+    if run.writer is not None:
+        run.writer.close()
