@@ -108,6 +108,25 @@ class MLLA(StagedBackbone):
         self.apply(init_trunc_normal)
 
 
+def rename_mlla_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official MLLA-style keys (``patch_embed``, ``layers.i.blocks``, ``layers.i.downsample`` at the end of stage i,
+    ``head``) -> vizoo's (``stem``, ``stages.i.blocks``, ``stages.{i+1}.downsample``, ``head.fc``); shared by
+    Spatial-Mamba and VSSD, whose official code builds on MLLA's."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("backbone.")
+        if key.startswith("patch_embed."):
+            key = "stem." + key.removeprefix("patch_embed.")
+        elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
+            key = f"stages.{m[1]}.blocks.{m[2]}"
+        elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
+            key = f"stages.{int(m[1]) + 1}.downsample.{m[2]}"
+        elif key.startswith("head.") and not key.startswith("head.fc."):
+            key = "head.fc." + key.removeprefix("head.")
+        out[key] = value
+    return out
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MLLA) -> dict[str, torch.Tensor]:
     """Map an official MLLA checkpoint (``models/mlla.py`` layout) to vizoo's keys.
 
@@ -117,20 +136,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MLLA) -> di
     """
     state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
     if not any(k.startswith("stages.") for k in state_dict):
-        out = {}
-        for key, value in state_dict.items():
-            if key.endswith("attn.rope.rotations"):
-                continue
-            if key.startswith("patch_embed."):
-                key = "stem." + key.removeprefix("patch_embed.")
-            elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
-                key = f"stages.{m[1]}.blocks.{m[2]}"
-            elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
-                key = f"stages.{int(m[1]) + 1}.downsample.{m[2]}"
-            elif key.startswith("head."):
-                key = "head.fc." + key.removeprefix("head.")
-            out[key] = value
-        state_dict = out
+        kept = {k: v for k, v in state_dict.items() if not k.endswith("attn.rope.rotations")}
+        state_dict = rename_mlla_layout(kept)
     return check_converted(state_dict, model)
 
 

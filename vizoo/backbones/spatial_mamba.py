@@ -13,8 +13,6 @@ must be divisible by 32.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
@@ -22,6 +20,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones.mlla import rename_mlla_layout
 from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 from vizoo.layers.spatial_mamba import SpatialMambaBlock
 
@@ -76,24 +75,6 @@ class SpatialMamba(StagedBackbone):
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt
         )
         self.apply(init_trunc_normal)
-
-
-def rename_mlla_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official MLLA-style keys (``patch_embed``, ``layers.i.blocks``, ``layers.i.downsample`` at the end of stage i,
-    ``head``) -> vizoo's (``stem``, ``stages.i.blocks``, ``stages.{i+1}.downsample``, ``head.fc``); shared by VSSD."""
-    out = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("backbone.")
-        if key.startswith("patch_embed."):
-            key = "stem." + key.removeprefix("patch_embed.")
-        elif m := re.match(r"^layers\.(\d+)\.blocks\.(.*)$", key):
-            key = f"stages.{m[1]}.blocks.{m[2]}"
-        elif m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
-            key = f"stages.{int(m[1]) + 1}.downsample.{m[2]}"
-        elif key.startswith("head.") and not key.startswith("head.fc."):
-            key = "head.fc." + key.removeprefix("head.")
-        out[key] = value
-    return out
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SpatialMamba) -> dict[str, torch.Tensor]:

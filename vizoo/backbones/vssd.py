@@ -20,7 +20,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
-from vizoo.backbones.spatial_mamba import rename_mlla_layout
+from vizoo.backbones.mlla import rename_mlla_layout
 from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 from vizoo.layers.vssd import VSSDBlock
 
