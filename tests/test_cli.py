@@ -120,6 +120,57 @@ def test_usage_errors(capsys):
     assert main(["--help"]) == 0
 
 
+def test_finetune_help_lists_both_kinds_with_their_options(capsys):
+    """``vizoo finetune`` is a subcommand with the kinds det and seg; each kind's help shows its own data and model
+    options and the shared training options."""
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0 and "finetune" in out.split("positional arguments:")[1]
+    code, out, _ = _run(capsys, "finetune", "--help")
+    assert code == 0 and "det" in out and "seg" in out
+    shared = ["--epochs", "--batch-size", "--lr", "--weight-decay", "--amp", "--device", "--workers", "--output"]
+    shared += ["--resume", "--onnx", "--fp16"]
+    own = {
+        "det": ["--coins", "--train-ann", "--val-ann", "--out-indices", "--fpn-channels", "--num-convs", "--img-size"],
+        "seg": ["--coins", "--train-masks", "--val-masks", "--num-classes", "--ignore-index", "--head", "--channels"],
+    }
+    for kind, options in own.items():
+        code, out, _ = _run(capsys, "finetune", kind, "--help")
+        assert code == 0 and out.startswith(f"usage: vizoo finetune {kind} ")
+        assert all(option in out for option in options + shared), out
+        assert f"vizoo finetune {kind} --coins" in out  # the examples
+
+
+def test_finetune_usage_errors(capsys):
+    """An unknown or missing kind is argparse's error (exit 2); so are --fp16 without --onnx and missing data, which
+    are found before any dataset or model is built."""
+    code, out, err = _run(capsys, "finetune", "cls")
+    assert code == 2 and out == "" and "invalid choice: 'cls' (choose from 'det', 'seg')" in err
+    code, _, err = _run(capsys, "finetune")
+    assert code == 2 and "the following arguments are required" in err
+    code, _, err = _run(capsys, "finetune", "det", "--fp16")
+    assert code == 2 and err.startswith("usage: vizoo finetune det ")
+    assert "vizoo finetune det: error: --fp16 is an option of the ONNX export: give --onnx FILE too" in err
+    code, out, err = _run(capsys, "finetune", "seg", "--train-images", "img")
+    assert code == 2 and out == ""
+    assert "vizoo finetune seg: error: give --coins DIR, or all of --train-images --train-masks" in err
+
+
+def test_finetune_options_reach_the_config():
+    """Both kinds take the training options of ``add_finetune_arguments`` (one list), read back by
+    ``FinetuneConfig.from_args``."""
+    from vizoo.cli import build_parser
+    from vizoo.train.finetune import FinetuneConfig
+
+    train = ["--epochs", "3", "--batch-size", "4", "--lr", "2e-4", "--weight-decay", "0.1", "--amp", "--workers", "2"]
+    for kind in ("det", "seg"):
+        args = build_parser().parse_args(["finetune", kind, *train, "--output", "runs/x", "--img-size", "64", "96"])
+        assert (args.command, args.kind, args.img_size) == ("finetune", kind, [64, 96])
+        config = FinetuneConfig.from_args(args)
+        assert (config.epochs, config.batch_size, config.lr, config.weight_decay) == (3, 4, 2e-4, 0.1)
+        assert config.amp and config.num_workers == 2 and config.output_dir == "runs/x"
+        assert args.resume is None and args.onnx is None and not args.fp16
+
+
 def test_python_dash_m():
     proc = subprocess.run(
         [sys.executable, "-m", "vizoo", "list", "test_*", "--no-macs"], capture_output=True, text=True, timeout=120

@@ -2,7 +2,7 @@
 
 1. Trains ``--model`` (default ``test_vmamba``) from scratch on faces vs non-faces (200 real 25x25 LFW crops
    bundled with scikit-image, written as an ImageNet-layout folder and resized to ``--img-size``) through
-   ``vizoo.train``, the code path of ``tools/train.py`` (timm's AdamW and warmup + cosine schedule, albumentations
+   ``vizoo.train``, the code path of ``vizoo train`` (timm's AdamW and warmup + cosine schedule, albumentations
    augmentation, checkpoints), and checks that validation accuracy is well above chance.
 2. Exports the trained model to ONNX, checks onnxruntime against PyTorch on the validation images, and compares
    int8 (dynamic and static QDQ) with fp32 in accuracy and latency.
@@ -90,7 +90,7 @@ def accuracy(model: nn.Module, ds: TensorDataset, batch_size: int = 64) -> float
 
 
 def train(args: argparse.Namespace) -> tuple[nn.Module, TensorDataset, TensorDataset, float]:
-    """Train ``args.model`` on LFW faces vs non-faces with vizoo.train (what tools/train.py runs).
+    """Train ``args.model`` on LFW faces vs non-faces with vizoo.train (what ``vizoo train`` runs).
 
     Returns (model, train set, val set, validation accuracy); the sets are the images after the evaluation transform.
     """
@@ -105,7 +105,7 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, TensorDataset, TensorDat
         color_jitter=0.2, clip_grad=None, workers=0, eval_every=10, log_every=10,
     )  # fmt: skip
     print(
-        f"training {args.model} with vizoo.train (tools/train.py's code path) on LFW faces vs non-faces at "
+        f"training {args.model} with vizoo.train (the code path of vizoo train) on LFW faces vs non-faces at "
         f"{args.img_size}x{args.img_size}: {args.epochs} epochs, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads; data in {data_dir}, run in {cfg.output}"
     )
@@ -125,7 +125,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, TensorDataset, TensorDat
 
 def export(args: argparse.Namespace, model: nn.Module, train_ds: TensorDataset, val_ds: TensorDataset) -> bool:
     """Export the trained model to ONNX, check parity on the validation images, and compare int8 with fp32."""
-    from vizoo.export import export_onnx, onnx_latencies_ms, quantize_int8, run_onnx
+    from vizoo.export import export_onnx, quantize_int8, run_onnx
+    from vizoo.export.timing import onnx_latencies_ms
 
     model.eval()
     out_dir = Path(args.output_dir)

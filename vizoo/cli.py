@@ -1,4 +1,5 @@
-"""The ``vizoo`` command: ``vizoo list``, ``vizoo info MODEL``, ``vizoo bench MODEL ...``, ``vizoo export MODEL``.
+"""The ``vizoo`` command: ``vizoo list``, ``vizoo info MODEL``, ``vizoo bench MODEL ...``, ``vizoo export MODEL``,
+``vizoo train``, ``vizoo finetune det|seg`` and ``vizoo prune MODEL``.
 
 ``main(argv)`` returns the exit code (0 success, 1 failure, 2 usage error / unknown model) so it can be called
 in-process; the console script and ``python -m vizoo`` wrap it in ``SystemExit``. ``vizoo list`` reads the model
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``vizoo`` command."""
     parser = argparse.ArgumentParser(prog="vizoo", description="Efficient vision backbones registered in timm.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,info,bench,export,train,prune}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,info,bench,export,train,finetune,prune}")
 
     p = sub.add_parser(
         "list",
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="export a model to ONNX, check it in onnxruntime, quantize, convert for mobile")
-    p.add_argument("model", help="a model name, or a checkpoint folder of finetune_det / finetune_seg")
+    p.add_argument("model", help="a model name, or a checkpoint folder of vizoo finetune det|seg")
     p.add_argument("--output", help="ONNX file (default: MODEL.onnx)")
     p.add_argument("--checkpoint", help="weights to load first (timm checkpoint_path)")
     p.add_argument("--img-size", type=int, help="square input size (default: the model's cfg input size)")
@@ -317,17 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
+    try:  # the train extra (albumentations) may be missing; the other commands work without it
+        from vizoo.train import add_finetune_parser, add_train_parser
+    except ImportError as e:
+        for command in ("train", "finetune"):
+            missing = f"vizoo {command} needs the train extra ({e}); run: pip install -e '.[train]'"
+            p = sub.add_parser(command, help=missing)
+            p.set_defaults(func=lambda args, missing=missing: _err(missing) or 2)
+    else:
+        # both set up logging themselves (train: INFO on rank 0 only; finetune: INFO messages as they are)
+        add_train_parser(sub).set_defaults(own_logging=True)
+        add_finetune_parser(sub).set_defaults(own_logging=True)
+
     from vizoo.pruning import add_prune_parser
 
     add_prune_parser(sub)
-    try:  # the train extra (albumentations) may be missing; the other commands work without it
-        from vizoo.train import add_train_parser
-    except ImportError as e:
-        missing = f"vizoo train needs the train extra ({e}); run: pip install -e '.[train]'"
-        p = sub.add_parser("train", help=missing)
-        p.set_defaults(func=lambda args: _err(missing) or 2)
-    else:
-        add_train_parser(sub)
     return parser
 
 
@@ -338,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help and usage errors
         return int(e.code or 0)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not getattr(args, "own_logging", False):
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     return args.func(args)
 
 

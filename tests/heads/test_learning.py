@@ -4,6 +4,8 @@ The data is scikit-image's coins photograph, with boxes and masks from classical
 (vizoo.data.coins); validation tiles come from a part of the photograph that training never sees.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -62,22 +64,33 @@ def test_segmentor_learns_coins(coins):
     assert after["miou"] > 0.8
 
 
-def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys, load_tool):
-    """tools/finetune_det.py and tools/finetune_seg.py on the coins folders: the training options reach the run (one
+def _finetune(capsys, kind: str, argv: list[str]) -> tuple[dict, str]:
+    """``vizoo finetune KIND ARGV`` in-process: its summary (the JSON of its last line) and all it printed."""
+    assert vizoo_main(["finetune", kind, *argv]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out.splitlines()[-1]), out
+
+
+def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys):
+    """``vizoo finetune det`` and ``vizoo finetune seg`` on the coins folders: the training options reach the run (one
     epoch, a checkpoint in --output), both metrics are reported, the detector exports (--onnx) with parity and the
-    segmentor in float16 (--fp16); without data, or with --fp16 alone, they say what to give."""
+    segmentor in float16 (--fp16); without data, or with --fp16 alone, they say what to give (exit code 2)."""
     common = ["--backbone", "test_vmamba", "--img-size", "64", "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"]
     data = ["--train-images", str(coins["train_images"]), "--val-images", str(coins["val_images"])]
-    det = load_tool("finetune_det").main(
+    det, det_out = _finetune(
+        capsys,
+        "det",
         common + data + ["--train-ann", str(coins["train_ann"]), "--val-ann", str(coins["val_ann"])]
         + ["--fpn-channels", "32", "--num-convs", "2", "--extra-levels", "0", "--output", str(tmp_path / "det")]
-        + ["--onnx", str(tmp_path / "det.onnx")]
+        + ["--onnx", str(tmp_path / "det.onnx")],
     )  # fmt: skip
-    seg = load_tool("finetune_seg").main(
+    seg, seg_out = _finetune(
+        capsys,
+        "seg",
         common + data + ["--train-masks", str(coins["train_masks"]), "--val-masks", str(coins["val_masks"])]
-        + ["--num-classes", "2", "--head", "mlp", "--channels", "32", "--onnx", str(tmp_path / "seg.onnx"), "--fp16"]
+        + ["--num-classes", "2", "--head", "mlp", "--channels", "32", "--onnx", str(tmp_path / "seg.onnx"), "--fp16"],
     )  # fmt: skip
-    out = capsys.readouterr().out
+    out = det_out + seg_out
     assert all(0 <= summary[key] <= 1 for summary, key in ((det["untrained"], "map"), (det["trained"], "map")))
     assert all(0 <= seg[when]["miou"] <= 1 for when in ("untrained", "trained"))
     assert det["onnx_max_abs_diff"] < 1e-3 and f"onnx: {tmp_path / 'det.onnx'} (" in out  # the detector with its NMS
@@ -97,12 +110,10 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     images = photo_batch((3, 64, 64), count=2).numpy()
     for now, then in zip(_onnx_outputs(tmp_path / "det.onnx", images), _onnx_outputs(later, images)):
         np.testing.assert_array_equal(now, then)
-    with pytest.raises(SystemExit):
-        load_tool("finetune_seg").main(["--backbone", "test_vmamba", "--fp16"])
+    assert vizoo_main(["finetune", "seg", "--backbone", "test_vmamba", "--fp16"]) == 2
     assert "--fp16 is an option of the ONNX export: give --onnx FILE too" in capsys.readouterr().err
-    for name, missing in (("finetune_det", "--train-ann"), ("finetune_seg", "--num-classes")):
-        with pytest.raises(SystemExit):
-            load_tool(name).main(["--backbone", "test_vmamba"])
+    for kind, missing in (("det", "--train-ann"), ("seg", "--num-classes")):
+        assert vizoo_main(["finetune", kind, "--backbone", "test_vmamba"]) == 2
         assert "give --coins DIR, or all of" in (err := capsys.readouterr().err) and missing in err
 
 

@@ -46,7 +46,7 @@ def tool_env() -> dict:
 
 def run_tool(args, cwd=REPO, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train.py"), *map(str, args)],
+        [sys.executable, "-m", "vizoo", "train", *map(str, args)],
         cwd=cwd,
         env=tool_env(),
         capture_output=True,

@@ -19,14 +19,14 @@ COMMON = [
 
 def test_two_process_gloo_matches_one_process(lfw_data, tmp_path):
     single = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train.py"), *COMMON, "--data-dir", str(lfw_data), "--batch-size",
+        [sys.executable, "-m", "vizoo", "train", *COMMON, "--data-dir", str(lfw_data), "--batch-size",
          "16", "--output", str(tmp_path / "one")],
         cwd=REPO, env=tool_env(), capture_output=True, text=True,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(REPO / "tools" / "train.py"), *COMMON, "--data-dir", str(lfw_data), "--batch-size", "8",
+         "-m", "vizoo", "train", *COMMON, "--data-dir", str(lfw_data), "--batch-size", "8",
          "--output", str(tmp_path / "two")],
         cwd=REPO, env=tool_env(), capture_output=True, text=True,
     )  # fmt: skip

@@ -55,7 +55,7 @@ def test_sigkill_mid_epoch_then_resume(lfw_data, tmp_path):
     try:
         killed = small_config(lfw_data, tmp_path / "killed", **RECIPE)
         proc = subprocess.Popen(
-            [sys.executable, str(REPO / "tools" / "train.py"), *_flags(killed)],
+            [sys.executable, "-m", "vizoo", "train", *_flags(killed)],
             cwd=REPO,
             env=tool_env(),
             stdout=subprocess.PIPE,

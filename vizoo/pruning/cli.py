@@ -1,7 +1,7 @@
 """``vizoo prune``: block-prune a timm ViT on calibration images, compact it, save it, optionally export to ONNX.
 
 ``vizoo/cli.py`` adds it with ``add_prune_parser``; the parser's ``func`` is :func:`run_prune`, which returns an exit
-code. ``tools/prune.py`` runs it on its own.
+code.
 """
 
 from __future__ import annotations

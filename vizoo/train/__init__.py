@@ -1,6 +1,7 @@
 """Training: ImageNet-recipe classification (:func:`train`), checkpoints, data pipelines and the ``train`` command.
 
-Detection/segmentation fine-tuning lives beside it in ``finetune*.py``.
+Detection/segmentation fine-tuning lives beside it in ``finetune.py``, and its ``finetune det|seg`` command in
+``finetune_cli.py``.
 """
 
 from .checkpoint import CheckpointError, find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -8,6 +9,7 @@ from .classification import TrainResult, evaluate, train
 from .command import add_train_parser, run_train
 from .config import TrainConfig, add_train_arguments, config_from_args, load_yaml_config
 from .data import ImageFolderDataset, ResumableSampler, build_eval_transform, build_train_transform, scan_dataset
+from .finetune_cli import add_finetune_parser, run_finetune
 
 __all__ = [
     "CheckpointError",
@@ -15,6 +17,7 @@ __all__ = [
     "ResumableSampler",
     "TrainConfig",
     "TrainResult",
+    "add_finetune_parser",
     "add_train_arguments",
     "add_train_parser",
     "build_eval_transform",
@@ -25,6 +28,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_yaml_config",
+    "run_finetune",
     "run_train",
     "save_checkpoint",
     "scan_dataset",

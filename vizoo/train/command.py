@@ -1,4 +1,4 @@
-"""The ``train`` command shared by ``tools/train.py`` and ``vizoo train``: argument parsing and exit codes."""
+"""The ``vizoo train`` command: argument parsing and exit codes."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import sys
 from .checkpoint import CheckpointError
 from .config import add_train_arguments, config_from_args
 
-__all__ = ["add_train_parser", "main", "run_train"]
+__all__ = ["add_train_parser", "run_train"]
 
 EPILOG = """examples:
-  python tools/train.py --config configs/cls/vmamba.yaml --model vmamba_tiny_s1l8 --data-dir /data/imagenet
-  torchrun --nproc_per_node 8 tools/train.py -c configs/cls/vmamba.yaml --model vmamba_tiny_s1l8 \\
+  vizoo train --config configs/cls/vmamba.yaml --model vmamba_tiny_s1l8 --data-dir /data/imagenet
+  torchrun --nproc_per_node 8 -m vizoo train -c configs/cls/vmamba.yaml --model vmamba_tiny_s1l8 \\
       --data-dir /data/imagenet --amp bf16 --output runs/tiny
-  python tools/train.py ... --output runs/tiny --resume auto     # continue after a crash, exactly
+  vizoo train ... --output runs/tiny --resume auto     # continue after a crash, exactly
 """
 
 
@@ -62,14 +62,3 @@ def run_train(args: argparse.Namespace) -> int:
             )
         print(f"outputs in {result.output}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train an image classifier on ImageNet-layout folders.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_train_arguments(p)
-    return run_train(p.parse_args(argv))

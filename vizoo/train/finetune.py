@@ -30,10 +30,10 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "add_finetune_arguments",
+    "finetune_argument_error",
     "finetune_detector",
     "finetune_segmentor",
     "load_finetuned",
-    "parse_finetune_arguments",
 ]
 
 
@@ -72,8 +72,8 @@ class FinetuneConfig:
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options of the fine-tuning commands (tools/finetune_det.py, tools/finetune_seg.py), with
-    ``FinetuneConfig``'s defaults; read them back with ``FinetuneConfig.from_args``."""
+    """The training options of the fine-tuning commands (``vizoo finetune det|seg``), with ``FinetuneConfig``'s
+    defaults; read them back with ``FinetuneConfig.from_args`` and check them with ``finetune_argument_error``."""
     defaults = FinetuneConfig()
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -96,12 +96,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_finetune_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """``parser.parse_args(argv)``, with the options of ``add_finetune_arguments`` checked together."""
-    args = parser.parse_args(argv)
+def finetune_argument_error(args: argparse.Namespace) -> str | None:
+    """The usage error of the options of ``add_finetune_arguments`` taken together (one needs another), or None."""
     if args.fp16 and not args.onnx:
-        parser.error("--fp16 is an option of the ONNX export: give --onnx FILE too")
-    return args
+        return "--fp16 is an option of the ONNX export: give --onnx FILE too"
+    return None
 
 
 def export_finetuned(
