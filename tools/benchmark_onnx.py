@@ -37,19 +37,10 @@ import torch
 
 import vizoo
 from vizoo.backbones.vim import Vim
-from vizoo.export import (
-    OnnxProfile,
-    eager_vs_onnx_ms,
-    export_onnx,
-    input_shape,
-    matmul_peak_gflops,
-    mobile_usability,
-    onnx_latencies_ms,
-    onnx_profile,
-    quantize_int8,
-    run_onnx,
-)
+from vizoo.export import export_onnx, input_shape, mobile_usability, quantize_int8, run_onnx
 from vizoo.export.onnx import sample_images
+from vizoo.export.profile import OnnxProfile, matmul_peak_gflops, onnx_profile
+from vizoo.export.timing import eager_vs_onnx_ms, onnx_latencies_ms
 from vizoo.pruning import apply_evit, apply_tome, apply_vim_token_pruning, is_saved_pruned, load_pruned
 
 

@@ -19,7 +19,6 @@ from vizoo.data import photo_batch
 from vizoo.export import (
     ExportError,
     convert_to_ort,
-    eager_vs_onnx_ms,
     export_onnx,
     input_shape,
     max_abs_diff,
@@ -27,6 +26,7 @@ from vizoo.export import (
     quantize_int8,
     run_onnx,
 )
+from vizoo.export.timing import eager_vs_onnx_ms
 
 SMALL_MODELS = [name for name in vizoo.list_models() if name.startswith("test_")]
 FORBIDDEN_OPS = {"Loop", "Scan", "CumSum", "Einsum", "If"}  # no control flow; nothing mobile runtimes lack for scans

@@ -3,9 +3,8 @@ FLOPs, counted from the shapes onnxruntime reports."""
 
 import torch
 
-from vizoo.export import matmul_peak_gflops, onnx_profile
 from vizoo.export.onnx import _onnx_graph
-from vizoo.export.profile import MATRIX_PRODUCT_OPS
+from vizoo.export.profile import MATRIX_PRODUCT_OPS, matmul_peak_gflops, onnx_profile
 
 
 class Products(torch.nn.Module):

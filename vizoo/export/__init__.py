@@ -1,41 +1,34 @@
-"""ONNX export for edge deployment (needs the ``onnx`` extra)."""
+"""ONNX export for edge deployment (needs the ``onnx`` extra).
+
+Modules, by concern: ``onnx`` (export and the parity check in onnxruntime), ``rewrites`` (graph rewrites after
+simplification), ``quantize`` (int8 and float16), ``ort_format`` (ORT format and the mobile usability report),
+``mobile`` (model rewrites for NNAPI / CoreML), ``timing`` and ``profile`` (benchmarking helpers, imported from their
+modules).
+"""
 
 from vizoo.export.onnx import (
     ExportError,
     ExportResult,
-    LatencyComparison,
-    convert_to_ort,
     detection_diff,
-    eager_vs_onnx_ms,
     export_onnx,
-    graph_module,
     input_shape,
     max_abs_diff,
-    mobile_usability,
-    onnx_latencies_ms,
-    quantize_int8,
-    resolve_model,
     run_onnx,
 )
-from vizoo.export.profile import OnnxProfile, matmul_peak_gflops, onnx_profile
+from vizoo.export.onnx import graph_module as graph_module  # what a model exports as; `vizoo export` and docs use it
+from vizoo.export.onnx import resolve_model as resolve_model  # a model name or instance; `vizoo export` uses it
+from vizoo.export.ort_format import convert_to_ort, mobile_usability
+from vizoo.export.quantize import quantize_int8
 
 __all__ = [
     "ExportError",
     "ExportResult",
-    "LatencyComparison",
-    "OnnxProfile",
     "convert_to_ort",
     "detection_diff",
-    "eager_vs_onnx_ms",
     "export_onnx",
-    "graph_module",
     "input_shape",
-    "matmul_peak_gflops",
     "max_abs_diff",
     "mobile_usability",
-    "onnx_latencies_ms",
-    "onnx_profile",
     "quantize_int8",
-    "resolve_model",
     "run_onnx",
 ]

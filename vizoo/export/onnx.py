@@ -1,9 +1,11 @@
-"""ONNX export for edge runtimes: export, parity in onnxruntime, mobile checks, ORT format, int8 and fp16.
+"""ONNX export and its parity check: ``export_onnx`` builds the graph, ``max_abs_diff`` compares it in onnxruntime
+with PyTorch on real images.
 
 Kernels run their exportable torch paths while exporting (``force_backend("torch")``): the selective scan becomes
 elementwise Mul/Add/Exp over chunks, with no Loop, Scan, CumSum or Einsum nodes. The graph is simplified with
-onnxslim, then shaped for onnxruntime's own graph fusions (``order_gelu_for_fusion``, ``keep_block_transposes``).
-Opset 17 or newer, so LayerNormalization is one native node.
+onnxslim, then shaped for onnxruntime's own graph fusions (``vizoo.export.rewrites``). Opset 17 or newer, so
+LayerNormalization is one native node. Quantisation and float16 are in ``vizoo.export.quantize``, the ORT format and
+the mobile report in ``vizoo.export.ort_format``, latency helpers in ``vizoo.export.timing``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,8 @@ import timm
 import torch
 
 from vizoo.export.mobile import mobile_friendly
+from vizoo.export.quantize import _to_fp16
+from vizoo.export.rewrites import _drop_same_type_castlike, keep_block_transposes, order_gelu_for_fusion
 from vizoo.kernels import force_backend
 
 _logger = logging.getLogger(__name__)
@@ -166,16 +166,6 @@ def _onnx_graph(
     return onnx_model
 
 
-def _to_fp16(onnx_model):
-    """Weights and activations in float16, inputs and outputs kept in float32."""
-    import onnx_ir
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    converted = onnx_ir.from_proto(convert_float_to_float16(onnx_model, keep_io_types=True))
-    converted.graph.sort()  # the converter appends its input casts after their readers
-    return onnx_ir.to_proto(converted)
-
-
 def _fp16_detector_graph(detector: torch.nn.Module, example: torch.Tensor, output_names: list[str], **options):
     """A detector's graph with the network in float16 and its post-processing (``Detector.detections``) in float32.
 
@@ -196,134 +186,6 @@ def _fp16_detector_graph(detector: torch.nn.Module, example: torch.Tensor, outpu
     # the two exports name their values alike (val_0, ...): prefix the post-processing's, but not its inputs/outputs
     postprocess = onnx.compose.add_prefix(postprocess, "postprocess/", rename_inputs=False, rename_outputs=False)
     return onnx.compose.merge_models(network, postprocess, io_map=[(name, name) for name in raw_names])
-
-
-def keep_block_transposes(model) -> int:
-    """Put a Flatten between a Transpose that moves the innermost axis and a Reshape -> Transpose that keeps it;
-    returns how many were put in.
-
-    onnxruntime (1.32) otherwise merges such a chain into one Transpose that moves the innermost axis, and that
-    copies value by value, where each of the two kept Transposes moves contiguous runs (and the first one also folds
-    into the NCHWc Conv's output reorder). onnxruntime's transpose optimizer looks through a Reshape but not through a
-    Flatten, and a Flatten costs nothing (its output aliases its input). ``tools/benchmark_onnx.py --profile`` shows
-    Transpose's share of a pass. Not used for ``mobile`` graphs: CoreML lacks Flatten.
-    """
-    import onnx
-
-    def perm(node) -> list[int]:
-        return next(list(a.ints) for a in node.attribute if a.name == "perm")
-
-    def keeps_innermost(node) -> bool:
-        return node.op_type == "Transpose" and perm(node)[-1] == len(perm(node)) - 1
-
-    constants = _constant_values(model)
-
-    def reads_no_dims(reshape) -> bool:  # a 0 in a Reshape's shape copies a dim of its input, which Flatten changes
-        shape = constants.get(reshape.input[1])
-        return shape is None or bool((shape != 0).all())
-
-    consumers = _consumers(model)
-    nodes, inserted = [], 0
-    for node in model.graph.node:
-        nodes.append(node)
-        if node.op_type != "Transpose" or keeps_innermost(node):
-            continue
-        reshapes = [
-            consumer
-            for consumer in consumers.get(node.output[0], [])
-            if consumer.op_type == "Reshape"
-            and reads_no_dims(consumer)
-            and any(map(keeps_innermost, consumers.get(consumer.output[0], [])))
-        ]
-        if not reshapes:
-            continue
-        flat = f"{node.output[0]}_flat"
-        nodes.append(onnx.helper.make_node("Flatten", [node.output[0]], [flat], name=f"{node.name}_flat", axis=1))
-        for reshape in reshapes:
-            reshape.input[0] = flat
-        inserted += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return inserted
-
-
-def order_gelu_for_fusion(model) -> int:
-    """Reorder exact GELU's products as (x · 1/2) · (1 + erf(x / √2)), the order onnxruntime fuses into one Gelu node;
-    returns how many were reordered.
-
-    torch exports x · (1/2 · (1 + erf(x / √2))), which onnxruntime (1.32) runs as five nodes, each a pass over the
-    activation, where the fused Gelu makes one (``tools/benchmark_onnx.py --profile`` lists both). Both orders are
-    exact in float32 (halving is exact), and the ops stay the same, so other runtimes see the same graph but for the
-    order.
-    """
-    constants = _constant_values(model)
-    producers = {output: node for node in model.graph.node for output in node.output}
-    consumers = _consumers(model)
-
-    def only_consumer(node, op_type: str):
-        following = consumers.get(node.output[0], [])
-        return following[0] if len(following) == 1 and following[0].op_type == op_type else None
-
-    def constant_input(node, value: float) -> str | None:
-        return next((name for name in node.input if _is_scalar(constants.get(name), value)), None)
-
-    reordered = 0
-    for erf in [node for node in model.graph.node if node.op_type == "Erf"]:
-        div = producers.get(erf.input[0])
-        if div is None or div.op_type != "Div" or not _is_scalar(constants.get(div.input[1]), math.sqrt(2)):
-            continue
-        x = div.input[0]
-        add = only_consumer(erf, "Add")
-        half_times = add and constant_input(add, 1.0) and only_consumer(add, "Mul")
-        half = half_times and constant_input(half_times, 0.5)
-        outer = half and only_consumer(half_times, "Mul")
-        if not outer or x not in outer.input:
-            continue
-        half_times.input[:] = [x, half]
-        outer.input[:] = [half_times.output[0], add.output[0]]
-        reordered += 1
-    return reordered
-
-
-def _consumers(model) -> dict[str, list]:
-    """The nodes that read each value of an ONNX graph, by value name."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
-
-
-def _constant_values(model) -> dict[str, np.ndarray]:
-    """Initializers and Constant nodes of an ONNX graph, by name."""
-    import onnx
-
-    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
-    return constants
-
-
-def _is_scalar(value: np.ndarray | None, expected: float) -> bool:
-    return value is not None and value.size == 1 and abs(float(value.reshape(())) - expected) <= 1e-6
-
-
-def _drop_same_type_castlike(model) -> None:
-    """Bypass CastLike nodes that cast a constant to the type it already has (torch's exported
-    scaled_dot_product_attention scales by one). Constant folding keeps them, as the target is not a constant, and
-    NNAPI and CoreML lack CastLike."""
-    import onnx_ir
-
-    if not any(node.op_type == "CastLike" for node in model.graph):
-        return
-    onnx_ir.passes.common.ShapeInferencePass()(model)  # types the values torch's decompositions leave untyped
-    for node in list(model.graph):
-        if node.op_type != "CastLike":
-            continue
-        source, like = node.inputs
-        if source.const_value is not None and source.dtype is not None and source.dtype == like.dtype:
-            onnx_ir.convenience.replace_all_uses_with(node.outputs[0], source)
 
 
 def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = None, count: int = 4) -> torch.Tensor:
@@ -353,60 +215,6 @@ def _onnx_runner(path: str | os.PathLike, x: torch.Tensor):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
-
-
-def onnx_latencies_ms(paths: list[str | os.PathLike], x: torch.Tensor, rounds: int = 4, passes: int = 6) -> list[float]:
-    """Median milliseconds of onnxruntime (CPU) on ``x`` for each ONNX model, measured in alternating blocks (as
-    ``eager_vs_onnx_ms``), e.g. an fp32 model and its int8 versions."""
-    times = _interleaved_times_ms([_onnx_runner(path, x) for path in paths], rounds, passes)
-    return [float(np.median(runner)) for runner in times]
-
-
-@dataclass
-class LatencyComparison:
-    """PyTorch eager against onnxruntime: the median pass of each, and the ratio in each round (ORT / eager of the
-    median passes of its two blocks), whose spread shows how much the machine's load moved the ratio."""
-
-    eager_ms: float
-    onnx_ms: float
-    round_ratios: list[float]
-
-    @property
-    def ratio(self) -> float:
-        return self.onnx_ms / self.eager_ms
-
-
-def eager_vs_onnx_ms(
-    model: torch.nn.Module, path: str | os.PathLike, x: torch.Tensor, rounds: int = 4, passes: int = 6
-) -> LatencyComparison:
-    """Milliseconds of PyTorch eager and of onnxruntime (CPU) on ``x``, measured in alternating blocks.
-
-    Each round runs ``passes`` passes of eager, then of onnxruntime, so both see the same load when the machine is
-    shared or noisy and their ratio stays comparable when the absolute figures drift. The first pass of each block is
-    not timed: after a run, a runtime's worker threads may spin for a while and slow the other's first pass.
-    """
-    with torch.inference_mode():
-        eager, onnx = _interleaved_times_ms([lambda: model(x), _onnx_runner(path, x)], rounds, passes)
-    round_ratios = [float(np.median(o) / np.median(e)) for e, o in zip(eager, onnx)]
-    return LatencyComparison(float(np.median(eager)), float(np.median(onnx)), round_ratios)
-
-
-def _interleaved_times_ms(runners: list, rounds: int, passes: int) -> list[list[list[float]]]:
-    """Per runner and round, the milliseconds of its timed passes: each round gives every runner in turn one untimed
-    pass and ``passes - 1`` timed ones."""
-    import time
-
-    times: list[list[list[float]]] = [[] for _ in runners]
-    for _ in range(rounds):
-        for run, series in zip(runners, times):
-            run()
-            block = []
-            for _ in range(passes - 1):
-                start = time.perf_counter()
-                run()
-                block.append(1e3 * (time.perf_counter() - start))
-            series.append(block)
-    return times
 
 
 def graph_module(model: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
@@ -477,123 +285,3 @@ def detection_diff(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) 
 
 def _image_and_label(detections: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([detections["image_index"], detections["labels"]], axis=1).astype(np.int64)
-
-
-def mobile_usability(path: str | os.PathLike) -> dict[str, dict]:
-    """Run onnxruntime's mobile usability checker; per execution provider, nodes it takes and in how many partitions.
-
-    Returns ``{ep: {"nodes": taken, "total": all, "partitions": n, "fixed_shape": bool}}`` for the checker's
-    as-is report and, where it prints one, the report with fixed input shapes.
-    """
-    proc = subprocess.run(
-        [sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise RuntimeError(f"mobile usability checker failed on {path}:\n{log[-2000:]}")
-    report: dict[str, dict] = {}
-    ep = None
-    fixed = False
-    for line in log.splitlines():
-        if m := re.search(r"Checking (?:if model will perform well with |)(NNAPI|CoreML \w+)", line):
-            ep, fixed = m[1], False
-        elif "if the dynamic shapes are fixed" in line:
-            fixed = True
-        elif ep and (m := re.search(r"(\d+) partitions? with a total of (\d+)/(\d+) nodes", line)):
-            key = f"{ep} (fixed shapes)" if fixed else ep
-            report[key] = {"partitions": int(m[1]), "nodes": int(m[2]), "total": int(m[3])}
-        elif ep and (m := re.search(r"(NNAPI|CoreML \w+) cannot run any nodes", line)):
-            report.setdefault(f"{ep} (fixed shapes)" if fixed else ep, {"partitions": 0, "nodes": 0, "total": None})
-    return report
-
-
-def convert_to_ort(path: str | os.PathLike) -> list[Path]:
-    """ORT format for mobile runtimes (``--optimization_style Runtime``, for NNAPI/CoreML); returns the .ort files."""
-    path = Path(path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onnxruntime.tools.convert_onnx_models_to_ort",
-            str(path),
-            "--optimization_style",
-            "Runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    files = sorted(path.parent.glob(path.stem + "*.ort"))
-    if proc.returncode != 0 or not files:
-        raise RuntimeError(f"ORT conversion failed for {path}:\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return files
-
-
-def quantize_int8(
-    path: str | os.PathLike,
-    output: str | os.PathLike,
-    calibration: torch.Tensor | None = None,
-) -> Path:
-    """int8 with onnxruntime: dynamic (weights only) without ``calibration``, static QDQ calibrated on it otherwise.
-
-    Dynamic suits linear-heavy models; static QDQ (per-channel, MinMax) suits conv-heavy ones. LayerNorm and Softmax
-    stay in float.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    output = Path(output)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-        _unshare_biases(prepared)
-        if calibration is None:
-            quantize_dynamic(str(prepared), str(output), weight_type=QuantType.QInt8)
-        else:
-            quantize_static(
-                str(prepared),
-                str(output),
-                _CalibrationReader(calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-            )
-    return output
-
-
-def _unshare_biases(path: Path) -> None:
-    """Give every Conv / Gemm its own copy of a bias initializer that several nodes share (onnxslim merges equal
-    ones), in place.
-
-    onnxruntime's QDQ quantizer copies a shared bias itself, naming the copy by appending a number (``val_90`` ->
-    ``val_901``) and checking only initializer names, so the copy can take the name of an existing value and make the
-    model invalid ("Duplicate definition of name").
-    """
-    import onnx
-
-    model = onnx.load(path)
-    initializers = {init.name: init for init in model.graph.initializer}
-    uses = Counter(name for node in model.graph.node for name in node.input)
-    for index, node in enumerate(model.graph.node):
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and uses[node.input[2]] > 1:
-            bias = initializers.get(node.input[2])
-            if bias is not None:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(bias)
-                copy.name = f"{bias.name}_bias_of_node_{index}_"
-                model.graph.initializer.append(copy)
-                node.input[2] = copy.name
-    onnx.save(model, path)
-
-
-class _CalibrationReader:
-    """onnxruntime CalibrationDataReader over a tensor of images, one image per step."""
-
-    def __init__(self, images: torch.Tensor):
-        self._batches = iter([{"image": images[i : i + 1].numpy()} for i in range(len(images))])
-
-    def get_next(self):
-        return next(self._batches, None)
