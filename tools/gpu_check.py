@@ -63,6 +63,7 @@ from vizoo.kernels import (  # noqa: E402
     linear_attention,
     selective_scan,
 )
+from vizoo.kernels.backend import interpreter_enabled  # noqa: E402
 from vizoo.pruning import block_prune, to_block_sparse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,34 +406,10 @@ def kernel_benchmark(out_dir: Path) -> dict:
 
 def model_throughput(repeats: int = 5) -> dict:
     """Inference and training images/s of VMamba-T (s1l8) on both backends and of Swin-T, one process."""
-    rows = {}
-    for label, name, kwargs in (
-        ("vmamba_tiny_s1l8 (triton)", "vmamba_tiny_s1l8", dict(scan_backend="triton")),
-        ("vmamba_tiny_s1l8 (torch)", "vmamba_tiny_s1l8", dict(scan_backend="torch")),
-        ("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", {}),
-    ):
-        row = {}
-        for mode in ("inference", "training"):
-            try:
-                row[mode], row[f"{mode}_peak_mb"] = benchmark_kernels.model_images_per_s(
-                    name, mode == "training", repeats, **kwargs
-                )
-            except torch.cuda.OutOfMemoryError:
-                row[f"{mode}_error"] = "out of memory"
-            torch.cuda.empty_cache()
-        rows[label] = row
-    vm, swin = rows["vmamba_tiny_s1l8 (triton)"], rows["swin_tiny_patch4_window7_224"]
-    ratios = {
-        f"{mode} vs swin_tiny": vm[mode] / swin[mode]
-        for mode in ("inference", "training")
-        if mode in vm and mode in swin
-    }
+    rows = dict(benchmark_kernels.model_rows(repeats))
+    ratios = benchmark_kernels.model_ratios(rows)
     goals = {k: benchmark_kernels.GOALS[k] for k in ratios}
     return dict(batch=benchmark_kernels.BATCH, images_per_s=rows, ratios=ratios, goals=goals)
-
-
-def cuda_ms(fn: Callable[[], object], repeats: int = 20) -> float:
-    return benchmark_kernels.bench_ms(fn, repeats)
 
 
 def block_sparse(batch: int = 64, sparsity: float = 0.5, block: tuple[int, int] = (32, 32)) -> dict:
@@ -445,14 +422,14 @@ def block_sparse(batch: int = 64, sparsity: float = 0.5, block: tuple[int, int] 
     x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half)
     with torch.inference_mode():
         reference = masked(x).float()
-        dense_ms = cuda_ms(lambda: masked(x))
+        dense_ms = benchmark_kernels.bench_ms(lambda: masked(x), 20)
     result = dict(batch=batch, sparsity=masked.pruning_report["sparsity"], block=block, dense_fp16_ms=dense_ms)
     for label, semi in (("bsr", False), ("2:4", True)):
         try:
             model = to_block_sparse(copy.deepcopy(masked), block, semi_structured=semi)
             with torch.inference_mode():
                 out = model(x).float()
-                ms = cuda_ms(lambda model=model: model(x))
+                ms = benchmark_kernels.bench_ms(lambda model=model: model(x), 20)
             result[label] = dict(ms=ms, speedup=dense_ms / ms, max_abs_diff=(out - reference).abs().max().item())
         except Exception as e:  # a form torch cannot run here is a finding, not the end of the section
             result[label] = dict(error=f"{type(e).__name__}: {e}"[:500])
@@ -472,13 +449,13 @@ def compile_speedup(batch: int = 64) -> dict:
             return m(x)
 
     eager_out = infer(model).float()
-    eager_ms = cuda_ms(lambda: infer(model))
+    eager_ms = benchmark_kernels.bench_ms(lambda: infer(model), 20)
     compiled = torch.compile(model)
     start = time.perf_counter()
     compiled_out = infer(compiled).float()
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - start
-    compiled_ms = cuda_ms(lambda: infer(compiled))
+    compiled_ms = benchmark_kernels.bench_ms(lambda: infer(compiled), 20)
     return dict(
         batch=batch,
         eager_ms=eager_ms,
@@ -599,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"):
+    if interpreter_enabled():
         print(
             "gpu_check.py: unset TRITON_INTERPRET, which would run the kernels in Triton's interpreter", file=sys.stderr
         )

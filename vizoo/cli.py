@@ -50,19 +50,6 @@ def _unknown_model(name: str) -> int:
     return 2
 
 
-def _create(name: str) -> torch.nn.Module:
-    return model_table.create(name)
-
-
-def _input_size(model: torch.nn.Module) -> tuple[int, int, int]:
-    return model_table.default_input_size(model)
-
-
-def _gmacs(model: torch.nn.Module, name: str, size: tuple[int, int, int]) -> str:
-    """GMACs as text; a model that cannot be counted shows "n/a" (with a logged warning) instead of aborting."""
-    return model_table.gmacs_text(model, name, size)
-
-
 def _list_rows(names: list[str], args: argparse.Namespace) -> list[list[str]]:
     """Rows of ``vizoo list``: from the stored model table, or (``--live``) counted by building each model."""
     family = model_table.families()
@@ -103,9 +90,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     name = args.model
     if not timm.is_model(name):
         return _unknown_model(name)
-    model = _create(name)
+    model = model_table.create(name)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    size = _input_size(model)
+    size = model_table.default_input_size(model)
     n_params = count_params(model)
     lines = [
         f"model:       {name}",
@@ -113,7 +100,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"params:      {n_params / 1e6:.3f} M ({n_params:,})",
     ]
     if not args.no_macs:
-        lines.append(f"GMACs:       {_gmacs(model, name, size)} at input {size}")
+        lines.append(f"GMACs:       {model_table.gmacs_text(model, name, size)} at input {size}")
     lines.append("pretrained cfg:")
     lines += [f"  {k:<11} {cfg.get(k)!r}" for k in _CFG_FIELDS]
     feature_info = getattr(model, "feature_info", None)

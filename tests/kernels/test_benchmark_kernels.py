@@ -35,3 +35,12 @@ def test_kernel_cases_run_forward_and_backward(tool, monkeypatch, device):
     for op, outs in outputs.items():  # every backend of an op computes the same thing
         for out in outs[1:]:
             torch.testing.assert_close(out, outs[0], rtol=1e-4, atol=1e-4, msg=op)
+
+
+def test_model_ratios_compare_vmamba_with_swin_only_where_both_were_measured(tool):
+    models = {
+        "vmamba_tiny_s1l8 (triton)": dict(inference=300.0, training=90.0),
+        "swin_tiny_patch4_window7_224": dict(inference=200.0),  # training ran out of memory
+    }
+    assert tool.model_ratios(models) == {"inference vs swin_tiny": 1.5}
+    assert tool.model_ratios({}) == {}

@@ -51,13 +51,18 @@ def default_backend(registry: dict[str, Callable], device: torch.device) -> str:
     return "torch"
 
 
+def interpreter_enabled() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks Triton to run kernels in its CPU interpreter, read as triton reads it."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 def triton_problem(device: torch.device) -> str | None:
     """Why Triton kernels cannot run on ``device`` here, or None if they can."""
     if not TRITON_INSTALLED:
         return "needs the triton package, which is not installed; pip install triton, or use backend='torch'"
     if device.type == "cuda":
         return None
-    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):  # as triton reads it
+    if not interpreter_enabled():
         return (
             f"runs on CUDA tensors; {device.type} tensors run only under Triton's interpreter: set "
             "TRITON_INTERPRET=1 before triton is first imported (importing timm imports it), or use backend='torch'"

@@ -53,19 +53,12 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         epilog=DET_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--coins", help="build the scikit-image coins dataset in this folder and use it")
-    p.add_argument("--train-images")
-    p.add_argument("--train-ann")
-    p.add_argument("--val-images")
-    p.add_argument("--val-ann")
-    p.add_argument("--backbone", default="test_vmamba")
+    _add_data_and_backbone(p, labels="ann")
     p.add_argument("--out-indices", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--fpn-channels", type=int, default=128)
     p.add_argument("--num-convs", type=int, default=4)
     p.add_argument("--extra-levels", type=int, default=2)
-    p.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
-    add_finetune_arguments(p)
-    p.set_defaults(func=run_finetune, parser=p)
+    _add_size_and_training(p)
 
     p = kinds.add_parser(
         "seg",
@@ -75,21 +68,31 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         epilog=SEG_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--coins", help="build the scikit-image coins dataset in this folder and use it")
-    p.add_argument("--train-images")
-    p.add_argument("--train-masks")
-    p.add_argument("--val-images")
-    p.add_argument("--val-masks")
+    _add_data_and_backbone(p, labels="masks")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--ignore-index", type=int, default=255)
-    p.add_argument("--backbone", default="test_vmamba")
     p.add_argument("--head", default="upernet", choices=sorted(SEG_HEADS))
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2, 3])
+    _add_size_and_training(p)
+    return parser
+
+
+def _add_data_and_backbone(p: argparse.ArgumentParser, labels: str) -> None:
+    """The data options both kinds take (``--train-ann`` or ``--train-masks`` by ``labels``) and the backbone."""
+    p.add_argument("--coins", help="build the scikit-image coins dataset in this folder and use it")
+    p.add_argument("--train-images")
+    p.add_argument(f"--train-{labels}")
+    p.add_argument("--val-images")
+    p.add_argument(f"--val-{labels}")
+    p.add_argument("--backbone", default="test_vmamba")
+
+
+def _add_size_and_training(p: argparse.ArgumentParser) -> None:
+    """The input size and the shared training options, then what runs the command."""
     p.add_argument("--img-size", type=int, nargs="+", default=[512], help="H [W], divisible by 32")
     add_finetune_arguments(p)
     p.set_defaults(func=run_finetune, parser=p)
-    return parser
 
 
 def run_finetune(args: argparse.Namespace) -> int:
