@@ -14,18 +14,22 @@ import vizoo  # noqa: F401
 from vizoo.export import export_onnx
 from vizoo.kernels.selective_scan import selective_scan
 from vizoo.layers.mobilemamba import BidirectionalSS2D, MBWTConv2d, haar_dwt, haar_filters, haar_iwt, mrffi_split
+from vizoo.model_table import paper_figures
 from vizoo.utils.checkpoint import CheckpointError
 from vizoo.utils.complexity import count_macs, count_params
 
-# name: (resolution, params in M, MFLOPs), the table in the README of github.com/lewandofskee/MobileMamba
-PAPER = {
-    "mobilemamba_t2": (192, 8.8, 255),
-    "mobilemamba_t4": (192, 14.2, 413),
-    "mobilemamba_s6": (224, 15.0, 652),
-    "mobilemamba_b1": (256, 17.1, 1080),
-    "mobilemamba_b2": (384, 17.1, 2427),
-    "mobilemamba_b4": (512, 17.1, 4313),
-}
+# The table in the README of github.com/lewandofskee/MobileMamba, in the variants' pretrained cfgs: resolution
+# (input_size), params in M to one decimal (paper_params_m) and FLOPs (paper_gmacs, printed there in MFLOPs).
+NAMES = ["mobilemamba_t2", "mobilemamba_t4", "mobilemamba_s6", "mobilemamba_b1", "mobilemamba_b2", "mobilemamba_b4"]
+
+
+def paper_row(name: str) -> tuple[int, float, float]:
+    """(resolution, params in M, MFLOPs) of the paper's table."""
+    paper = paper_figures(name)
+    return timm.get_pretrained_cfg(name).input_size[-1], paper["paper_params_m"], paper["paper_gmacs"] * 1e3
+
+
+PAPER = {name: paper_row(name) for name in NAMES}
 
 
 # Trainable parameters of the official model, counted by building it from ``model/mobilemamba/mobilemamba.py``

@@ -63,6 +63,18 @@ def run_blocks(blocks: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> 
     return blocks(x)
 
 
+def check_fmt(argument: str, fmt: str) -> None:
+    if fmt not in ("NCHW", "NHWC"):
+        raise ValueError(f"{argument} must be 'NCHW' or 'NHWC', got {fmt!r}")
+
+
+def permute_fmt(x: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+    """A (B, ·, ·, ·) map from layout ``src`` to ``dst`` ("NCHW" or "NHWC"); a view, no copy."""
+    if src == dst:
+        return x
+    return x.permute(0, 3, 1, 2) if dst == "NCHW" else x.permute(0, 2, 3, 1)
+
+
 class Stage(nn.Module):
     """One stage of a hierarchical backbone: an optional downsample, then its blocks, in their own layout
     ((B, H, W, C) or (B, C, H, W) in and out). ``channels_first`` runs NCHW blocks in an NHWC model: the map is
@@ -125,6 +137,9 @@ class StagedBackbone(nn.Module):
     input_multiple: int = 32
     no_weight_decay_leaves: tuple[str, ...] = ()
     output_fmt: str = "NCHW"
+    # The layout of ``forward_features`` and of what ``forward_head`` takes; None: ``output_fmt``. Consumers that read
+    # a tower's features as NCHW (transformers' TimmWrapperModel in FastVLM) build with ``features_fmt="NCHW"``.
+    features_fmt: str | None = None
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -167,9 +182,12 @@ class StagedBackbone(nn.Module):
         check_image_input(x, self.in_chans, self.input_multiple, self.model_name)
 
     def _to_fmt(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
-        if output_fmt == self.output_fmt:
-            return x
-        return x.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x.permute(0, 2, 3, 1)
+        return permute_fmt(x, self.output_fmt, output_fmt)
+
+    def set_features_fmt(self, features_fmt: str) -> None:
+        """Make ``forward_features`` return ``features_fmt`` ("NCHW" or "NHWC") and ``forward_head`` take it."""
+        check_fmt("features_fmt", features_fmt)
+        self.features_fmt = features_fmt
 
     def forward_intermediates(
         self,
@@ -180,9 +198,9 @@ class StagedBackbone(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs at ``indices`` (an int n means the last n), as NCHW or NHWC, plus the final features."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        """Stage outputs at ``indices`` (an int n means the last n), as NCHW or NHWC, plus the final features (laid
+        out as ``forward_features``)."""
+        check_fmt("output_fmt", output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.check_input(x)
         x = self.stem(x)
@@ -195,7 +213,7 @@ class StagedBackbone(nn.Module):
                 intermediates.append(self._to_fmt(self.norm(x) if norm and i == last else x, output_fmt))
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        return self._to_fmt(self.norm(x), self.features_fmt or self.output_fmt), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -210,12 +228,14 @@ class StagedBackbone(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, H/r, W/r, num_features) if ``output_fmt`` is NHWC, else (B, C, H/r, W/r)."""
+        """(B, C_in, H, W) -> (B, H/r, W/r, num_features) if ``features_fmt`` (default ``output_fmt``) is NHWC, else
+        (B, num_features, H/r, W/r)."""
         self.check_input(x)
-        return self.norm(self.stages(self.stem(x)))
+        return self._to_fmt(self.norm(self.stages(self.stem(x))), self.features_fmt or self.output_fmt)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
+        """``forward_features``' output -> logits, or the pooled features with ``pre_logits``."""
+        return self.head(permute_fmt(x, self.features_fmt or self.output_fmt, self.output_fmt), pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

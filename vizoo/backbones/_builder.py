@@ -1,14 +1,16 @@
 """Shared model building for vizoo families: timm's ``build_model_with_cfg`` with safe local checkpoint reading, the
-ImageNet default cfg, the loud check of converted official checkpoints and the official weight init."""
+ImageNet default cfg (with the paper's figures), the loud check of converted official checkpoints and the official
+weight init."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.models import PretrainedCfg, build_model_with_cfg
 
 from vizoo.utils.checkpoint import check_state_dict, read_state_dict
 
@@ -24,12 +26,14 @@ def build_vizoo_model(
     """Build ``variant`` with timm; a local ``pretrained_cfg_overlay=dict(file=...)`` is read by vizoo.
 
     vizoo reads the file itself (``read_state_dict``) so that official training checkpoints with non-tensor objects
-    load without executing pickled code, and an unreadable file gives an error that says so.
+    load without executing pickled code, and an unreadable file gives an error that says so. ``features_fmt``
+    ("NCHW" or "NHWC") sets the layout of ``forward_features`` (``set_features_fmt``).
     """
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    features_fmt = kwargs.pop("features_fmt", None)
     if pretrained and overlay and overlay.get("file"):
         overlay = dict(overlay, state_dict=read_state_dict(overlay["file"]), file=None)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         model_cls,
         variant,
         pretrained,
@@ -38,11 +42,51 @@ def build_vizoo_model(
         feature_cfg=feature_cfg or dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs,
     )
+    if features_fmt is not None:
+        if not hasattr(model, "set_features_fmt"):
+            raise ValueError(
+                f"features_fmt sets the layout of forward_features, which a features_only {variant} does not have; "
+                "its feature maps are NCHW already"
+            )
+        model.set_features_fmt(features_fmt)
+    return model
 
 
-def imagenet_cfg(first_conv: str, paper_id: str, origin_url: str, **kwargs) -> dict:
-    """A timm pretrained cfg for an ImageNet-1k classifier at 224² (ImageNet mean/std, bicubic, crop 0.875)."""
-    return {
+@dataclass
+class PaperCfg(PretrainedCfg):
+    """timm's pretrained cfg plus the figures the variant's paper publishes, kept as printed there.
+
+    "The paper" is the published table of the variant: the paper's, or the official repository's README / model zoo
+    where that is the table the authors maintain. A figure the source does not give stays None. timm builds a plain
+    ``PretrainedCfg`` from a dict and refuses unknown keys, so the families' cfgs are instances of this class, and the
+    figures are read from the registry: ``timm.get_pretrained_cfg(name).paper_top1`` or
+    ``vizoo.model_table.paper_figures(name)``. The paper-table tests in ``tests/backbones/`` compare the built models
+    against them, and ``vizoo.model_table`` lists them.
+    """
+
+    paper_params_m: float | None = None  # parameters, millions
+    paper_gmacs: float | None = None  # multiply-accumulates ("FLOPs" in these papers), billions, at input_size
+    paper_top1: float | None = None  # ImageNet-1k top-1 (%), the plain figure (no distillation, MESA or fine-tune)
+    # EcoFormer reports multiplications, additions and energy instead of MACs (billions; billions of pJ).
+    paper_mul_b: float | None = None
+    paper_add_b: float | None = None
+    paper_energy_bpj: float | None = None
+
+    def to_dict(self, remove_source: bool = False, remove_null: bool = True) -> dict:
+        """timm's dict without the paper's figures. A built model's ``pretrained_cfg`` is this dict, and timm saves
+        it into the ``config.json`` of ``save_for_hf`` folders, which timm reads back into a plain ``PretrainedCfg``:
+        the figures would make such a folder unloadable."""
+        cfg = super().to_dict(remove_source=remove_source, remove_null=remove_null)
+        return {k: v for k, v in cfg.items() if k not in PAPER_FIGURES}
+
+
+PAPER_FIGURES = tuple(f for f in PaperCfg.__dataclass_fields__ if f.startswith("paper_") and f != "paper_ids")
+
+
+def imagenet_cfg(first_conv: str, paper_id: str, origin_url: str, **kwargs) -> PaperCfg:
+    """A timm pretrained cfg for an ImageNet-1k classifier at 224² (ImageNet mean/std, bicubic, crop 0.875);
+    ``kwargs`` override any field, the ``paper_*`` figures included."""
+    cfg = {
         "url": "",
         "num_classes": 1000,
         "input_size": (3, 224, 224),
@@ -57,6 +101,7 @@ def imagenet_cfg(first_conv: str, paper_id: str, origin_url: str, **kwargs) -> d
         "origin_url": origin_url,
         **kwargs,
     }
+    return PaperCfg(**cfg)
 
 
 def check_converted(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.fusion import fuse_bn_conv1x1, fuse_bn_linear, fuse_conv_bn
 
 __all__ = ["CASViT"]
@@ -247,7 +247,7 @@ def _create_cas_vit(variant: str, pretrained: bool = False, **kwargs) -> CASViT:
     return build_vizoo_model(CASViT, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
         "stem.0", "arXiv:2408.03703", "https://github.com/Tianfang-Zhang/CAS-ViT", license="mit", **kwargs
     )
@@ -255,12 +255,14 @@ def _cfg(**kwargs) -> dict:
 
 # Official weights are linked from the CAS-ViT MODEL_ZOO; vizoo never downloads them itself, load a downloaded file
 # with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the parameters of the CAS-ViT MODEL_ZOO, distillation head included (it gives no FLOPs, and two
+# unlabelled top-1 figures per variant, so no top-1 is recorded).
 default_cfgs = generate_default_cfgs(
     {
-        "cas_vit_xs.in1k": _cfg(),
-        "cas_vit_s.in1k": _cfg(),
-        "cas_vit_m.in1k": _cfg(),
-        "cas_vit_t.in1k": _cfg(),
+        "cas_vit_xs.in1k": _cfg(paper_params_m=3.20),
+        "cas_vit_s.in1k": _cfg(paper_params_m=5.76),
+        "cas_vit_m.in1k": _cfg(paper_params_m=12.42),
+        "cas_vit_t.in1k": _cfg(paper_params_m=21.76),
         "test_cas_vit.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

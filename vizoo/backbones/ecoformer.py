@@ -29,7 +29,7 @@ from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_v2_filter_fn
 
 from vizoo.backbones._base import check_image_input
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg
 from vizoo.layers.ecoformer import EcoFormerAttention
 
 __all__ = ["EcoFormerPVTv2", "ecoformer_mul_add"]
@@ -92,6 +92,13 @@ class EcoFormerPVTv2(PyramidVisionTransformerV2):
     def _check_input(self, x: torch.Tensor) -> None:
         name = getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
         check_image_input(x, self.in_chans, self.input_multiple, name)
+
+    def set_features_fmt(self, features_fmt: str) -> None:
+        """PVTv2's features are NCHW: "NCHW" is accepted as it is, anything else refused."""
+        if features_fmt != "NCHW":
+            raise ValueError(
+                f"features_fmt: EcoFormer's features are NCHW and only 'NCHW' applies, got {features_fmt!r}"
+            )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -235,7 +242,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> EcoFormerPVTv2:
     return build_vizoo_model(EcoFormerPVTv2, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
         "patch_embed.proj",
         "arXiv:2209.09004",
@@ -246,13 +253,15 @@ def _cfg(**kwargs) -> dict:
 
 # Released weights are linked from the EcoFormer README (v1.0 release); vizoo never downloads them itself, load a
 # downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the EcoFormer README's #Mul, #Add (B) and energy (B pJ) at 224², and the top-1 of B0-B2 (none recorded
+# for B3 and B4); it gives no params or MACs.
 default_cfgs = generate_default_cfgs(
     {
-        "pvt_v2_b0_ecoformer.in1k": _cfg(),
-        "pvt_v2_b1_ecoformer.in1k": _cfg(),
-        "pvt_v2_b2_ecoformer.in1k": _cfg(),
-        "pvt_v2_b3_ecoformer.in1k": _cfg(),
-        "pvt_v2_b4_ecoformer.in1k": _cfg(),
+        "pvt_v2_b0_ecoformer.in1k": _cfg(paper_mul_b=0.54, paper_add_b=0.56, paper_energy_bpj=2.5, paper_top1=70.44),
+        "pvt_v2_b1_ecoformer.in1k": _cfg(paper_mul_b=2.03, paper_add_b=2.09, paper_energy_bpj=9.4, paper_top1=78.38),
+        "pvt_v2_b2_ecoformer.in1k": _cfg(paper_mul_b=3.85, paper_add_b=3.97, paper_energy_bpj=17.8, paper_top1=81.28),
+        "pvt_v2_b3_ecoformer.in1k": _cfg(paper_mul_b=6.54, paper_add_b=6.75, paper_energy_bpj=30.25),
+        "pvt_v2_b4_ecoformer.in1k": _cfg(paper_mul_b=9.57, paper_add_b=9.82, paper_energy_bpj=44.25),
         "test_pvt_v2_ecoformer.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

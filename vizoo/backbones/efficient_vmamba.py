@@ -29,7 +29,7 @@ from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from timm.models.swin_transformer import PatchMerging
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.efficient_vmamba import EfficientVSSBlock
 from vizoo.layers.vmamba_blocks import PatchStem
 
@@ -154,7 +154,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba
     return build_vizoo_model(EfficientVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
         "stem.conv", "arXiv:2403.09977", "https://github.com/TerryPei/EfficientVMamba", license="mit", **kwargs
     )
@@ -162,11 +162,12 @@ def _cfg(**kwargs) -> dict:
 
 # Official weights are linked from the TerryPei/EfficientVMamba README; vizoo never downloads them itself, load a
 # downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the paper's table (params in whole millions; the training logs print them to the thousand).
 default_cfgs = generate_default_cfgs(
     {
-        "efficient_vmamba_tiny.in1k": _cfg(),
-        "efficient_vmamba_small.in1k": _cfg(),
-        "efficient_vmamba_base.in1k": _cfg(),
+        "efficient_vmamba_tiny.in1k": _cfg(paper_params_m=6, paper_gmacs=0.8, paper_top1=76.5),
+        "efficient_vmamba_small.in1k": _cfg(paper_params_m=11, paper_gmacs=1.3, paper_top1=78.7),
+        "efficient_vmamba_base.in1k": _cfg(paper_params_m=33, paper_gmacs=4.0, paper_top1=81.8),
         "test_efficient_vmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

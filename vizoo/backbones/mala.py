@@ -28,7 +28,7 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MagnitudeAwareLinearAttention, SoftmaxAttentionRoPE
 
 __all__ = ["MALA"]
@@ -199,16 +199,17 @@ def _create_mala(variant: str, pretrained: bool = False, **kwargs) -> MALA:
     return build_vizoo_model(MALA, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg("stem.0", "arXiv:2507.00698", "https://github.com/qhfan/MALA", license="unknown", **kwargs)
 
 
 # The official checkpoints are on Baidu pan (see the MALA README); vizoo never downloads them itself, load a
 # downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the paper gives Small's figures only (27M, 4.6G, 84.7); the other variants have none.
 default_cfgs = generate_default_cfgs(
     {
         "mala_tiny.in1k": _cfg(),
-        "mala_small.in1k": _cfg(),
+        "mala_small.in1k": _cfg(paper_params_m=27, paper_gmacs=4.6, paper_top1=84.7),
         "mala_base.in1k": _cfg(),
         "mala_large.in1k": _cfg(),
         "test_mala.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),

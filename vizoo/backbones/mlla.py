@@ -25,7 +25,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.linear_attention import MLLALinearAttention
 from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 
@@ -145,7 +145,7 @@ def _create_mlla(variant: str, pretrained: bool = False, **kwargs) -> MLLA:
     return build_vizoo_model(MLLA, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
         "stem.conv1.conv", "arXiv:2405.16605", "https://github.com/LeapLabTHU/MLLA", license="mit", **kwargs
     )
@@ -153,11 +153,12 @@ def _cfg(**kwargs) -> dict:
 
 # Official weights are linked from the MLLA README; vizoo never downloads them itself, load a downloaded file with
 # ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the table of the MLLA README (params in whole millions).
 default_cfgs = generate_default_cfgs(
     {
-        "mlla_tiny.in1k": _cfg(),
-        "mlla_small.in1k": _cfg(),
-        "mlla_base.in1k": _cfg(),
+        "mlla_tiny.in1k": _cfg(paper_params_m=25, paper_gmacs=4.2, paper_top1=83.5),
+        "mlla_small.in1k": _cfg(paper_params_m=43, paper_gmacs=7.3, paper_top1=84.4),
+        "mlla_base.in1k": _cfg(paper_params_m=96, paper_gmacs=16.2, paper_top1=85.3),
         "test_mlla.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

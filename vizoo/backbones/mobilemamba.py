@@ -37,7 +37,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.efficientvit_msra import PatchEmbedding
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers.fusion import batchnorm_scale_shift, fuse_bn_linear, fuse_conv_norms
 from vizoo.layers.mobilemamba import BatchNormClassifierHead, MobileMambaBlock, subsample
 from vizoo.utils.checkpoint import CheckpointError
@@ -237,7 +237,7 @@ def _create_mobilemamba(variant: str, pretrained: bool = False, **kwargs) -> Mob
     )
 
 
-def _cfg(size: int, **kwargs) -> dict:
+def _cfg(size: int, **kwargs) -> PaperCfg:
     """The official test transform: resize to size / 0.875 (bicubic), centre crop ``size``."""
     pool = -(-size // 64)
     return imagenet_cfg(
@@ -253,14 +253,15 @@ def _cfg(size: int, **kwargs) -> dict:
 
 # Official weights are Google Drive files linked from the README; vizoo never downloads them itself, load a downloaded
 # file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the table of the official README, each at the variant's resolution (top-1 without distillation).
 default_cfgs = generate_default_cfgs(
     {
-        "mobilemamba_t2.in1k": _cfg(192),
-        "mobilemamba_t4.in1k": _cfg(192),
-        "mobilemamba_s6.in1k": _cfg(224),
-        "mobilemamba_b1.in1k": _cfg(256),
-        "mobilemamba_b2.in1k": _cfg(384),
-        "mobilemamba_b4.in1k": _cfg(512),
+        "mobilemamba_t2.in1k": _cfg(192, paper_params_m=8.8, paper_gmacs=0.255, paper_top1=71.5),
+        "mobilemamba_t4.in1k": _cfg(192, paper_params_m=14.2, paper_gmacs=0.413, paper_top1=76.1),
+        "mobilemamba_s6.in1k": _cfg(224, paper_params_m=15.0, paper_gmacs=0.652, paper_top1=78.0),
+        "mobilemamba_b1.in1k": _cfg(256, paper_params_m=17.1, paper_gmacs=1.080, paper_top1=79.9),
+        "mobilemamba_b2.in1k": _cfg(384, paper_params_m=17.1, paper_gmacs=2.427, paper_top1=81.6),
+        "mobilemamba_b4.in1k": _cfg(512, paper_params_m=17.1, paper_gmacs=4.313, paper_top1=82.5),
         "test_mobilemamba.untrained": _cfg(64, crop_pct=1.0),
     }
 )

@@ -33,7 +33,7 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers import ConvDownsample, ConvStem, PatchStem, downsample_layer, stem_layer
 from vizoo.layers.msvmamba import MSVSSBlock
 
@@ -178,7 +178,7 @@ def _create_msvmamba(variant: str, pretrained: bool = False, **kwargs) -> MSVMam
     return build_vizoo_model(MSVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(first_conv: str = "stem.conv", **kwargs) -> dict:
+def _cfg(first_conv: str = "stem.conv", **kwargs) -> PaperCfg:
     return imagenet_cfg(
         first_conv, "arXiv:2405.14174", "https://github.com/YuHengsss/MSVMamba", license="mit", **kwargs
     )
@@ -188,14 +188,15 @@ def _cfg(first_conv: str = "stem.conv", **kwargs) -> dict:
 # YuhengSSS/MSVMamba (``msvmambav3_{tiny,small,base}_224.pth``). vizoo never downloads them itself; load a downloaded
 # file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``. The official evaluation resizes to 256 and
 # center-crops 224 (crop_pct 0.875), bicubic, for both generations.
+# paper_*: the tables of the official README, v1 (master) and v3 (branch v2); FLOPs are fvcore MACs at 224².
 default_cfgs = generate_default_cfgs(
     {
-        "msvmamba_nano.in1k": _cfg(),
-        "msvmamba_micro.in1k": _cfg(),
-        "msvmamba_tiny.in1k": _cfg(),
-        "msvmamba_v3_tiny.in1k": _cfg(first_conv="stem.conv1"),
-        "msvmamba_v3_small.in1k": _cfg(first_conv="stem.conv1"),
-        "msvmamba_v3_base.in1k": _cfg(first_conv="stem.conv1"),
+        "msvmamba_nano.in1k": _cfg(paper_params_m=7, paper_gmacs=0.9, paper_top1=77.3),
+        "msvmamba_micro.in1k": _cfg(paper_params_m=12, paper_gmacs=1.5, paper_top1=79.8),
+        "msvmamba_tiny.in1k": _cfg(paper_params_m=33, paper_gmacs=4.6, paper_top1=82.8),
+        "msvmamba_v3_tiny.in1k": _cfg("stem.conv1", paper_params_m=32, paper_gmacs=5.0, paper_top1=83.0),
+        "msvmamba_v3_small.in1k": _cfg("stem.conv1", paper_params_m=50, paper_gmacs=8.8, paper_top1=84.1),
+        "msvmamba_v3_base.in1k": _cfg("stem.conv1", paper_params_m=91, paper_gmacs=16.3, paper_top1=84.4),
         "test_msvmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

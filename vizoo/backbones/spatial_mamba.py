@@ -19,7 +19,7 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.backbones.mlla import rename_mlla_layout
 from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 from vizoo.layers.spatial_mamba import SpatialMambaBlock
@@ -94,7 +94,7 @@ def _create_spatial_mamba(variant: str, pretrained: bool = False, **kwargs) -> S
     return build_vizoo_model(SpatialMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
         "stem.conv1.conv",
         "arXiv:2410.15091",
@@ -106,11 +106,12 @@ def _cfg(**kwargs) -> dict:
 
 # Official weights are release assets of EdwardChasel/Spatial-Mamba; vizoo never downloads them itself, load a
 # downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the table of the official README; its FLOPs are fvcore MACs at 224².
 default_cfgs = generate_default_cfgs(
     {
-        "spatial_mamba_tiny.in1k": _cfg(),
-        "spatial_mamba_small.in1k": _cfg(),
-        "spatial_mamba_base.in1k": _cfg(),
+        "spatial_mamba_tiny.in1k": _cfg(paper_params_m=27, paper_gmacs=4.5, paper_top1=83.5),
+        "spatial_mamba_small.in1k": _cfg(paper_params_m=43, paper_gmacs=7.1, paper_top1=84.6),
+        "spatial_mamba_base.in1k": _cfg(paper_params_m=96, paper_gmacs=15.8, paper_top1=85.3),
         "test_spatial_mamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

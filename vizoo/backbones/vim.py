@@ -35,7 +35,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from vizoo.backbones._base import check_image_input, run_blocks
-from vizoo.backbones._builder import build_vizoo_model, check_converted
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted
 from vizoo.layers.mamba_block import MambaBlock
 
 __all__ = ["Vim"]
@@ -180,6 +180,14 @@ class Vim(nn.Module):
 
     # --- timm API -----------------------------------------------------------------------------------------------
 
+    def set_features_fmt(self, features_fmt: str) -> None:
+        """Refused: Vim's features are tokens, not a map (see ``forward_features``)."""
+        raise ValueError(
+            f"{self.model_name} returns token features (B, N + 1, C) with the class token in the middle, not a map, "
+            "so features_fmt does not apply; take its patch tokens from vizoo.multimodal.VisionTower or its NCHW "
+            "maps from forward_intermediates"
+        )
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, N + 1, C) normed tokens, the class token at ``cls_index(N)``."""
         return self.norm(self.forward_tokens(x))
@@ -313,9 +321,9 @@ def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
     return build_vizoo_model(Vim, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
-def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), embed_dim: int = 192, **kwargs) -> dict:
+def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), embed_dim: int = 192, **kwargs) -> PaperCfg:
     tokens = (input_size[1] // 16) * (input_size[2] // 16) + 1
-    return {
+    cfg = {
         "url": "",
         "num_classes": 1000,
         "input_size": input_size,
@@ -331,14 +339,16 @@ def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), embed_dim: int = 192,
         "origin_url": "https://github.com/hustvl/Vim",
         **kwargs,
     }
+    return PaperCfg(**cfg)
 
 
 # Official weights are on the Hugging Face hub (hustvl/Vim-tiny-midclstok, hustvl/Vim-small-midclstok); vizoo never
 # downloads them itself: load a downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the Vim paper's table (whole millions, top-1 before long-sequence fine-tuning); it gives no FLOPs.
 default_cfgs = generate_default_cfgs(
     {
-        "vim_tiny.in1k": _cfg(embed_dim=192),
-        "vim_small.in1k": _cfg(embed_dim=384),
+        "vim_tiny.in1k": _cfg(embed_dim=192, paper_params_m=7, paper_top1=76.1),
+        "vim_small.in1k": _cfg(embed_dim=384, paper_params_m=26, paper_top1=80.5),
         "test_vim.untrained": _cfg(input_size=(3, 64, 64), embed_dim=64, crop_pct=1.0),
     }
 )

@@ -24,7 +24,7 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.layers import ConvStem, PatchStem, VSSBlock, downsample_layer, stem_layer
 
 __all__ = ["VMamba"]
@@ -149,23 +149,24 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
     return build_vizoo_model(VMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(first_conv: str = "stem.conv1", **kwargs) -> dict:
+def _cfg(first_conv: str = "stem.conv1", **kwargs) -> PaperCfg:
     return imagenet_cfg(first_conv, "arXiv:2401.10166", "https://github.com/MzeroMiko/VMamba", license="mit", **kwargs)
 
 
 # Official weights are GitHub release assets of MzeroMiko/VMamba (see README); vizoo never downloads them itself, load
 # a downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the table of the VMamba README (arXiv 2401.10166); its FLOPs are fvcore MACs at 224².
 default_cfgs = generate_default_cfgs(
     {
-        "vmamba_tiny_s1l8.in1k": _cfg(),
-        "vmamba_small_s1l20.in1k": _cfg(),
-        "vmamba_base_s1l20.in1k": _cfg(),
-        "vmamba_tiny_s2l5.in1k": _cfg(),
-        "vmamba_small_s2l15.in1k": _cfg(),
-        "vmamba_base_s2l15.in1k": _cfg(),
-        "vanilla_vmamba_tiny.in1k": _cfg(first_conv="stem.conv"),
-        "vanilla_vmamba_small.in1k": _cfg(first_conv="stem.conv"),
-        "vanilla_vmamba_base.in1k": _cfg(first_conv="stem.conv"),
+        "vmamba_tiny_s1l8.in1k": _cfg(paper_params_m=30, paper_gmacs=4.9, paper_top1=82.6),
+        "vmamba_small_s1l20.in1k": _cfg(paper_params_m=49, paper_gmacs=8.6, paper_top1=83.3),
+        "vmamba_base_s1l20.in1k": _cfg(paper_params_m=87, paper_gmacs=15.2, paper_top1=83.8),
+        "vmamba_tiny_s2l5.in1k": _cfg(paper_params_m=31, paper_gmacs=4.9, paper_top1=82.5),
+        "vmamba_small_s2l15.in1k": _cfg(paper_params_m=50, paper_gmacs=8.7, paper_top1=83.6),
+        "vmamba_base_s2l15.in1k": _cfg(paper_params_m=89, paper_gmacs=15.4, paper_top1=83.9),
+        "vanilla_vmamba_tiny.in1k": _cfg("stem.conv", paper_params_m=23, paper_gmacs=5.6, paper_top1=82.2),
+        "vanilla_vmamba_small.in1k": _cfg("stem.conv", paper_params_m=44, paper_gmacs=11.2, paper_top1=83.5),
+        "vanilla_vmamba_base.in1k": _cfg("stem.conv", paper_params_m=76, paper_gmacs=18.0, paper_top1=83.7),
         "test_vmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

@@ -19,7 +19,7 @@ from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
-from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
 from vizoo.backbones.mlla import rename_mlla_layout
 from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 from vizoo.layers.vssd import VSSDBlock
@@ -102,7 +102,7 @@ def _create_vssd(variant: str, pretrained: bool = False, **kwargs) -> VSSD:
     return build_vizoo_model(VSSD, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
+def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
         "stem.conv1.conv", "arXiv:2407.18559", "https://github.com/YuHengsss/VSSD", license="apache-2.0", **kwargs
     )
@@ -110,12 +110,13 @@ def _cfg(**kwargs) -> dict:
 
 # Official weights are release assets of YuHengsss/VSSD; vizoo never downloads them itself, load a downloaded file
 # with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# paper_*: the table of the official README of the Aug-2024 code (top-1 without MESA); FLOPs are fvcore MACs at 224².
 default_cfgs = generate_default_cfgs(
     {
-        "vssd_micro.in1k": _cfg(),
-        "vssd_tiny.in1k": _cfg(),
-        "vssd_small.in1k": _cfg(),
-        "vssd_base.in1k": _cfg(),
+        "vssd_micro.in1k": _cfg(paper_params_m=14, paper_gmacs=2.3, paper_top1=82.5),
+        "vssd_tiny.in1k": _cfg(paper_params_m=24, paper_gmacs=4.5, paper_top1=83.6),
+        "vssd_small.in1k": _cfg(paper_params_m=40, paper_gmacs=7.4, paper_top1=84.1),
+        "vssd_base.in1k": _cfg(paper_params_m=89, paper_gmacs=16.1, paper_top1=84.7),
         "test_vssd.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )
