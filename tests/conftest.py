@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ if not torch.cuda.is_available():
     # are defined, its own standard library included at ``import triton``, and timm imports triton: so it is set here,
     # before pytest imports any test module, not in tests/kernels/conftest.py.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Benchmark tools run by tests append their rows here, never to the repository's results/ (which docs/benchmarks.md
+# is generated from); subprocesses inherit it.
+os.environ["VIZOO_RESULTS_DIR"] = tempfile.mkdtemp(prefix="vizoo-results-")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores
 

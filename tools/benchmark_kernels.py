@@ -10,7 +10,11 @@ in the same run (bf16 autocast, batch 128, 224²).
 python tools/benchmark_kernels.py                  # everything (several minutes)
 python tools/benchmark_kernels.py --quick          # fewer repeats
 python tools/benchmark_kernels.py --no-models      # kernels only
-python tools/benchmark_kernels.py --json out.json  # also save the rows
+python tools/benchmark_kernels.py --json out.json  # also save the rows as one JSON document
+
+The rows are appended to results/gpu_kernels_<machine>.csv (one row per op, n and backend) and
+results/gpu_models_<machine>.csv (one row per model case), ``--out-dir`` to write elsewhere; tools/benchmark_docs.py
+renders them into docs/benchmarks.md.
 
 Needs a CUDA GPU: without one it says so and exits with code 2.
 """
@@ -24,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -246,6 +251,55 @@ def model_ratios(models: dict[str, dict]) -> dict[str, float]:
     }
 
 
+# ------------------------------------------------------------------------------------------------------- results
+
+PHASES = {"fwd": "fwd", "bwd": "bwd", "fwd+bwd": "fwdbwd"}  # Row.ms keys -> column infixes
+KERNEL_COLUMNS = (
+    "op",
+    "n",
+    "backend",
+    "batch",
+    *(f"{c}_ms" for c in PHASES.values()),
+    *(f"{c}_gbps" for c in PHASES.values()),
+    "copy_gbps",
+    "peak_mb",
+    "error",
+)
+MODEL_RESULT_COLUMNS = ("model", "batch", "inference", "training", "inference_peak_mb", "training_peak_mb")
+
+
+def write_results(
+    out_dir: str | Path,
+    machine: str,
+    rows: list[Row],
+    models: dict[str, dict],
+    copy: float,
+    run: str | None = None,
+    command: str | None = None,
+) -> list[Path]:
+    """Append the kernel rows and the model rows of one run (``run``: its id, default now; ``command``: the command
+    that measured it) to ``out_dir``/gpu_kernels_<machine>.csv and gpu_models_<machine>.csv (images/s in
+    ``inference`` and ``training``); returns the files written."""
+    from vizoo.utils.results import ResultsWriter, results_path
+
+    written = []
+    path = results_path("gpu_kernels", machine, out_dir)
+    kernels = ResultsWriter(path, KERNEL_COLUMNS, machine=machine, run=run, command=command)
+    kernels.write_many(
+        dict(op=r.op, n=r.n, backend=r.backend, batch=BATCH, copy_gbps=copy, peak_mb=r.peak_mb, error=r.error)
+        | {f"{PHASES[p]}_ms": ms for p, ms in r.ms.items()}
+        | {f"{PHASES[p]}_gbps": gbps for p, gbps in r.gbps.items()}
+        for r in rows
+    )
+    written.append(kernels.path)
+    if models:
+        path = results_path("gpu_models", machine, out_dir)
+        writer = ResultsWriter(path, MODEL_RESULT_COLUMNS, machine=machine, run=kernels.run, command=command)
+        writer.write_many(dict(model=label, batch=BATCH, **row) for label, row in models.items())
+        written.append(writer.path)
+    return written
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 
 
@@ -254,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--no-models", action="store_true", help="kernels only")
     parser.add_argument("--json", help="write every measured row to this file")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("results"), help="folder of the results CSVs (default results)"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print(
@@ -264,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
+    from vizoo.utils.results import command_line, machine_tag, run_id
+
+    run = run_id()
     repeats = 10 if args.quick else 40
     torch.backends.cuda.matmul.allow_tf32 = True
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}", flush=True)
@@ -328,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                 f,
                 indent=1,
             )
+    command = command_line(argv, "python tools/benchmark_kernels.py")
+    for path in write_results(args.out_dir, machine_tag("cuda"), rows, models, copy, run, command):
+        print(f"appended to {path}")
     return 0
 
 

@@ -14,22 +14,19 @@ both paths, in the same run:
 Every (model, path) runs in a fresh subprocess, so that peak memory is its own, with an address-space limit
 (``--mem-limit-gb``) so that a path that runs out of memory fails alone (status ``oom``) rather than the machine. The
 plain path is selected in the child by switching ``recompute_in_backward`` off, which is what the library does under
-export and ``torch.compile``. Rows go to a CSV (default ``results/memory_<host>.csv``); the recompute/plain ratios are
-printed.
+export and ``torch.compile``. Rows are appended to ``results/memory_<machine>.csv`` (``--out`` to write elsewhere),
+which tools/benchmark_docs.py renders into docs/benchmarks.md; the recompute/plain ratios are printed.
 
 python tools/benchmark_memory.py                                          # vanilla_vmamba_tiny and _small, 224²
-python tools/benchmark_memory.py --models vanilla_vmamba_base --mode forward --paths recompute --append
-python tools/benchmark_memory.py --models vim_small --batch 8 --paths recompute --append
+python tools/benchmark_memory.py --models vanilla_vmamba_base --mode forward --paths recompute
+python tools/benchmark_memory.py --models vim_small --batch 8 --paths recompute
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,27 +34,22 @@ import sys
 import time
 from pathlib import Path
 
-COLUMNS = [
+from vizoo.utils.results import COMMON_COLUMNS, ResultsWriter, command_line, results_path
+
+MEASURED = [
     "model",
     "path",
     "mode",
     "batch",
     "img_size",
-    "threads",
     "status",
     "build_rss_mb",
     "peak_rss_mb",
     "saved_mb",
     "step_ms",
-    "host",
 ]
+COLUMNS = [*COMMON_COLUMNS, *MEASURED]  # the file's header: the run's columns, then the measurement's
 PATHS = ("plain", "recompute")
-
-
-def host_name() -> str:
-    """A name for this machine's results file: the host name, or the CPU's when there is none."""
-    name = platform.node() or platform.processor() or "cpu"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,8 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (counted) one")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mem-limit-gb", type=float, default=16.0, help="address-space limit of each child")
-    parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/memory_<host>.csv)")
-    parser.add_argument("--append", action="store_true", help="add the rows to an existing CSV")
+    parser.add_argument("--out", type=Path, default=None, help="CSV path (default results/memory_<machine>.csv)")
+    parser.add_argument("--append", action="store_true", help="(the default: rows are always appended)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -131,8 +123,6 @@ def measure(args: argparse.Namespace, model: str, path: str) -> dict:
         "mode": args.mode,
         "batch": args.batch,
         "img_size": args.img_size,
-        "threads": args.threads,
-        "host": host_name(),
     }
     command = [sys.executable, __file__, "--child", model, path, "--batch", str(args.batch)]
     command += ["--img-size", str(args.img_size), "--mode", args.mode, "--steps", str(args.steps)]
@@ -144,7 +134,7 @@ def measure(args: argparse.Namespace, model: str, path: str) -> dict:
         out_of_memory = any(s in done.stderr for s in ("MemoryError", "DefaultCPUAllocator", "std::bad_alloc"))
         row.update(status="oom" if out_of_memory or done.returncode < 0 else f"error {done.returncode}")
         print(f"{model} {path}: {row['status']}\n{done.stderr[-2000:]}", file=sys.stderr)
-    return {column: row.get(column, "") for column in COLUMNS}
+    return {column: row.get(column, "") for column in MEASURED}
 
 
 def ratios(rows: list[dict]) -> list[str]:
@@ -169,22 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(run_child(args)))
         return 0
-    out = args.out or Path("results") / f"memory_{host_name()}.csv"
+    command = command_line(argv, "python tools/benchmark_memory.py")
+    writer = ResultsWriter(args.out or results_path("memory"), MEASURED, threads=args.threads, command=command)
     rows = []
     for model in args.models:
         for path in args.paths:
             rows.append(measure(args, model, path))
-            print(", ".join(f"{k}={v}" for k, v in rows[-1].items() if k != "host"), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    append = args.append and out.exists()
-    with open(out, "a" if append else "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if not append:
-            writer.writeheader()
-        writer.writerows(rows)
+            writer.write(rows[-1])
+            print(", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     for line in ratios(rows):
         print(line)
-    print(f"wrote {os.fspath(out)}")
+    print(f"wrote {writer.rows_written} rows to {writer.path}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -23,6 +23,9 @@ python tools/benchmark_onnx.py out/deit_tiny_50              # a model saved by 
 python tools/benchmark_onnx.py --tome 8 deit_tiny_patch16_224 # ToMe merging, r tokens per block
 python tools/benchmark_onnx.py --keep-rate 0.7 deit_tiny_patch16_224 vim_tiny  # token pruning: EViT on a ViT,
                                                       # hidden-state-aligned pruning on Vim
+
+Each model's row (the table's columns) is appended to results/onnx_<machine>.csv (``--out`` to write elsewhere),
+which tools/benchmark_docs.py renders into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -42,6 +45,22 @@ from vizoo.export.onnx import sample_images
 from vizoo.export.profile import OnnxProfile, matmul_peak_gflops, onnx_profile
 from vizoo.export.timing import eager_vs_onnx_ms, onnx_latencies_ms
 from vizoo.pruning import apply_evit, apply_tome, apply_vim_token_pruning, is_saved_pruned, load_pruned
+from vizoo.utils.results import ResultsWriter, command_line, results_path
+
+COLUMNS = (
+    "model",
+    "input",
+    "nodes",
+    "parity",
+    "out_max",
+    "eager_ms",
+    "ort_ms",
+    "ort_over_eager",
+    "round_min",
+    "round_max",
+    "rounds",
+    "perturb",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="token pruning in every model given: EViT in a ViT, hidden-state-aligned pruning in Vim",
     )
+    parser.add_argument("--out", type=Path, help="results CSV to append to (default results/onnx_<machine>.csv)")
     args = parser.parse_args(argv)
     if args.tome is not None and args.keep_rate is not None:
         parser.error("--tome and --keep-rate are two token methods; pick one per run")
@@ -88,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         names += matched
     failed, peak_gflops = [], None
+    command = command_line(argv, "python tools/benchmark_onnx.py")
+    writer = ResultsWriter(args.out or results_path("onnx"), COLUMNS, command=command)
     print(
         f"CPU, batch 1, {torch.get_num_threads()} torch threads; median latency, eager and ORT blocks in turn",
         flush=True,
@@ -109,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             if result.max_abs_diff > args.tolerance:
                 failed.append(name)
             timing = "-".rjust(10) + "-".rjust(9) + "-".rjust(12) + "-".rjust(12)
+            size = "x".join(map(str, shape))
+            row = dict(model=name, input=size, nodes=result.nodes, parity=result.max_abs_diff, out_max=output_size)
+            row.update(perturb=args.perturb)
             if not args.parity_only:
                 latency = eager_vs_onnx_ms(model, result.path, torch.randn(1, *shape), rounds=args.rounds)
                 spread = f"{min(latency.round_ratios):.2f}-{max(latency.round_ratios):.2f}"
                 timing = f" {latency.eager_ms:>9.1f} {latency.onnx_ms:>8.1f} {latency.ratio:>10.2f}x {spread:>11}"
-            size = "x".join(map(str, shape))
+                row.update(eager_ms=latency.eager_ms, ort_ms=latency.onnx_ms, ort_over_eager=latency.ratio)
+                row.update(round_min=min(latency.round_ratios), round_max=max(latency.round_ratios), rounds=args.rounds)
+            writer.write(row)
             print(
                 f"{name:<30} {size:>11} {result.nodes:>6} {result.max_abs_diff:>8.1e} {output_size:>7.1e}{timing}",
                 flush=True,
@@ -134,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     print(f"  {graph:<8} graph: {coverage}", flush=True)
     print(f"{len(names)} models; parity above {args.tolerance:g}: {', '.join(failed) or 'none'}", flush=True)
+    print(f"wrote {writer.rows_written} rows to {writer.path}", flush=True)
     return 1 if failed else 0
 
 

@@ -3,11 +3,18 @@
 1. DeiT-S (random init) at 50% block sparsity, compacted: params, MACs and latency vs the dense model.
 2. Accuracy kept on scikit-learn digits: a DeiT-Tiny-shaped ViT (32x32 input, 4x4 patches) trained briefly, then
    pruned 50%, then fine-tuned briefly.
-3. ToMe at r = 8 and 16: DeiT-S throughput at batch 1 and 32, and the digits model's accuracy change.
+3. ToMe at r = 8 and 16: DeiT-S throughput at batch 1 and 32; at r = 4, 8 and 16 the digits model's accuracy
+   change.
 4. Vim token pruning (ToP-ViM's blocks 5/10/15, keep 0.8) with and without hidden-state alignment: Vim-S MACs and
    latency vs the dense model, and the accuracy kept by a small Vim trained on digits (no fine-tune, then 1 epoch).
 
     python tools/benchmark_pruning.py [--sections deit digits tome vim] [--epochs 6] [--threads 2]
+
+Every figure is also appended as a row to results/pruning_<machine>.csv (``--out`` to write elsewhere): the
+``section``, the ``model``, the ``method`` (``dense``, ``block``, ``tome``, ``vim-aligned``, ``vim-packed``) and its
+``setting`` (sparsity, r, keep rate), the fine-tune epochs after pruning, and the measured params, MACs (per image),
+latency (median ms at ``batch``) and accuracy, blank where not measured. Ratios are taken against the ``dense`` row
+of the same section and run by tools/benchmark_docs.py, which renders the file into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -29,10 +37,26 @@ from vizoo.pruning import (
     block_prune,
     compact,
     finetune,
-    remove_token_reduction,
     remove_vim_token_pruning,
 )
 from vizoo.utils.complexity import count_macs, count_params
+from vizoo.utils.results import ResultsWriter, command_line, results_path
+
+COLUMNS = (
+    "section",
+    "model",
+    "method",
+    "setting",
+    "finetune_epochs",
+    "train_epochs",
+    "batch",
+    "runs",
+    "params",
+    "macs",
+    "latency_ms",
+    "accuracy",
+)
+DIGITS_INPUT = (3, 32, 32)
 
 
 def latencies(models: dict, x: torch.Tensor, runs: int) -> dict[str, float]:
@@ -68,6 +92,9 @@ def deit_small(args) -> None:
             f"latency batch {batch}: dense {t['dense']:.1f} ms, compact {t['compact']:.1f} ms, "
             f"speedup {t['dense'] / t['compact']:.2f}x"
         )
+        common = dict(section="deit", model="deit_small_patch16_224", batch=batch, runs=args.runs)
+        args.writer.write(dict(common, method="dense", params=p0, macs=m0, latency_ms=t["dense"]))
+        args.writer.write(dict(common, method="block", setting=0.5, params=p1, macs=m1, latency_ms=t["compact"]))
 
 
 def accuracy(model, loader) -> float:
@@ -107,6 +134,11 @@ def digits_model(args):
     return model, tl, vl
 
 
+def digits_latencies(args, models: dict, batch: int = 64) -> dict[str, float]:
+    """Median ms of the digits-sized models at ``batch``, interleaved."""
+    return latencies(models, torch.randn(batch, *DIGITS_INPUT), max(3, args.runs // 2))
+
+
 def digits_pruning(args, model, tl, vl) -> None:
     print("== accuracy kept on scikit-learn digits (DeiT-Tiny shape, 32x32, 50% block sparsity, 32x32 tiles) ==")
     base = accuracy(model, vl)
@@ -121,6 +153,16 @@ def digits_pruning(args, model, tl, vl) -> None:
         f"dense {base:.4f} | pruned 50% (no fine-tune) {one_shot:.4f} | + {args.ft_epochs}-epoch fine-tune "
         f"{tuned:.4f}  (val n={len(vl.dataset)}); heads {pruned.pruning_report['heads']}"
     )
+    t = digits_latencies(args, {"dense": model, "pruned": pruned})
+    common = dict(section="digits", model="deit_tiny_digits", train_epochs=args.epochs, batch=64)
+    common.update(runs=max(3, args.runs // 2))
+    args.writer.write(
+        dict(common, method="dense", params=count_params(model), macs=count_macs(model, DIGITS_INPUT))
+        | dict(latency_ms=t["dense"], accuracy=base)
+    )
+    size = dict(params=count_params(pruned), macs=count_macs(pruned, DIGITS_INPUT), latency_ms=t["pruned"])
+    args.writer.write(dict(common, method="block", setting=0.5, finetune_epochs=0, accuracy=one_shot, **size))
+    args.writer.write(dict(common, method="block", setting=0.5, finetune_epochs=args.ft_epochs, accuracy=tuned, **size))
 
 
 def tome(args, model=None, vl=None) -> None:
@@ -133,12 +175,24 @@ def tome(args, model=None, vl=None) -> None:
         )
         gains = ", ".join(f"{k} {t[k]:.1f} ms ({t['dense'] / t[k]:.2f}x)" for k in t if k != "dense")
         print(f"batch {batch}: dense {t['dense']:.1f} ms; {gains}")
+        common = dict(section="tome", model="deit_small_patch16_224", batch=batch, runs=runs)
+        common.update(params=count_params(dense))  # token merging keeps every parameter
+        args.writer.write(dict(common, method="dense", macs=count_macs(dense), latency_ms=t["dense"]))
+        for r, m in merged.items():
+            args.writer.write(dict(common, method="tome", setting=r, macs=count_macs(m), latency_ms=t[f"r={r}"]))
     if model is not None:
         base = accuracy(model, vl)
-        for r in (4, 8, 16):
-            apply_tome(model, r)
-            print(f"digits (64 patch tokens, 12 blocks) r={r}: accuracy {base:.4f} -> {accuracy(model, vl):.4f}")
-        remove_token_reduction(model)
+        merged = {r: apply_tome(copy.deepcopy(model), r) for r in (4, 8, 16)}
+        t = digits_latencies(args, {"dense": model, **{f"r={r}": m for r, m in merged.items()}})
+        common = dict(section="digits_tome", model="deit_tiny_digits", train_epochs=args.epochs, finetune_epochs=0)
+        common.update(batch=64, runs=max(3, args.runs // 2), params=count_params(model))
+        dense_macs = count_macs(model, DIGITS_INPUT)
+        args.writer.write(dict(common, method="dense", macs=dense_macs, latency_ms=t["dense"], accuracy=base))
+        for r, m in merged.items():
+            kept = accuracy(m, vl)
+            print(f"digits (64 patch tokens, 12 blocks) r={r}: accuracy {base:.4f} -> {kept:.4f}")
+            macs = count_macs(m, DIGITS_INPUT)
+            args.writer.write(dict(common, method="tome", setting=r, macs=macs, latency_ms=t[f"r={r}"], accuracy=kept))
 
 
 def vim_token_pruning(args) -> None:
@@ -153,8 +207,13 @@ def vim_token_pruning(args) -> None:
         f"vim_small GMACs: dense {m0 / 1e9:.3f}; "
         + ", ".join(f"{k} {count_macs(m) / 1e9:.3f} ({count_macs(m) / m0:.3f})" for k, m in variants.items())
     )
-    t = latencies({"dense": dense, **variants}, torch.randn(1, 3, 224, 224), max(3, args.runs // 4))
+    runs = max(3, args.runs // 4)
+    t = latencies({"dense": dense, **variants}, torch.randn(1, 3, 224, 224), runs)
     print("vim_small latency batch 1: " + ", ".join(f"{k} {v:.0f} ms ({t['dense'] / v:.2f}x)" for k, v in t.items()))
+    common = dict(section="vim", model="vim_small", batch=1, runs=runs)
+    args.writer.write(dict(common, method="dense", params=count_params(dense), macs=m0, latency_ms=t["dense"]))
+    for k, m in variants.items():
+        args.writer.write(dict(common, method=f"vim-{k}", setting=0.8, macs=count_macs(m), latency_ms=t[k]))
 
     print("== accuracy kept on scikit-learn digits: Vim (6 blocks, 64 wide, 32x32, 4x4 patches, 64 patch tokens) ==")
     torch.manual_seed(0)
@@ -168,18 +227,35 @@ def vim_token_pruning(args) -> None:
     train(model, tl, args.epochs, 1e-3)
     base = accuracy(model, vl)
     print(f"trained for {args.epochs} epochs in {time.perf_counter() - start:.0f}s: dense accuracy {base:.4f}")
+    common = dict(section="vim_digits", model="vim_digits", train_epochs=args.epochs, batch=64)
+    common.update(runs=max(3, args.runs // 2))
+    variants = {
+        (keep, align): apply_vim_token_pruning(copy.deepcopy(model), keep, layers=[2, 4], align=align)
+        for keep in (0.7, 0.5)
+        for align in (True, False)
+    }
+    t = digits_latencies(args, {"dense": model, **{str(k): m for k, m in variants.items()}})
+    macs = count_macs(model, DIGITS_INPUT)
+    args.writer.write(
+        dict(common, method="dense", params=count_params(model), macs=macs, latency_ms=t["dense"], accuracy=base)
+    )
     for keep in (0.7, 0.5):
         row = []
         for align in (True, False):
-            pruned = apply_vim_token_pruning(copy.deepcopy(model), keep, layers=[2, 4], align=align)
+            pruned = variants[keep, align]
             one_shot = accuracy(pruned, vl)
+            size = dict(macs=count_macs(pruned, DIGITS_INPUT), latency_ms=t[str((keep, align))])
+            method = dict(common, method="vim-aligned" if align else "vim-packed", setting=keep, **size)
+            args.writer.write(dict(method, finetune_epochs=0, accuracy=one_shot))
             train(pruned, tl, args.ft_epochs, 2e-4)
-            row.append(f"{'aligned' if align else 'packed'} {one_shot:.4f} -> {accuracy(pruned, vl):.4f}")
+            tuned = accuracy(pruned, vl)
+            args.writer.write(dict(method, finetune_epochs=args.ft_epochs, accuracy=tuned))
+            row.append(f"{'aligned' if align else 'packed'} {one_shot:.4f} -> {tuned:.4f}")
             remove_vim_token_pruning(pruned)
         print(f"keep {keep} in blocks 2/4 (no fine-tune -> {args.ft_epochs}-epoch fine-tune): " + "; ".join(row))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sections = ["deit", "digits", "tome", "vim"]
     parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
@@ -187,9 +263,12 @@ def main() -> None:
     parser.add_argument("--ft-epochs", type=int, default=1, help="fine-tune epochs after pruning")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model at batch 1")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="results CSV to append to (default results/pruning_<machine>.csv)")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    command = command_line(argv, "python tools/benchmark_pruning.py")
+    args.writer = ResultsWriter(args.out or results_path("pruning"), COLUMNS, command=command)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if "deit" in args.sections:
         deit_small(args)
@@ -201,6 +280,7 @@ def main() -> None:
         tome(args, model, vl)
     if "vim" in args.sections:
         vim_token_pruning(args)
+    print(f"wrote {args.writer.rows_written} rows to {args.writer.path}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The timing is deliberately simple: eval mode, ``torch.inference_mode()``, a few warm-up passes, then repeated
 forward passes until a minimum wall time has elapsed; the median pass is reported. Every model is built with
-``pretrained=False`` so nothing is ever downloaded.
+``pretrained=False`` so nothing is ever downloaded. ``result_rows`` turns the measured rows into rows of a results
+file (``vizoo bench --results``, ``vizoo.utils.results``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 __all__ = [
     "DEFAULT_BASELINES",
+    "RESULT_COLUMNS",
     "BenchRow",
     "bench_models",
     "build_model",
@@ -30,6 +32,7 @@ __all__ = [
     "measure_latency",
     "model_slopes",
     "plot_latency",
+    "result_rows",
     "text_table",
 ]
 
@@ -151,6 +154,7 @@ class BenchRow:
     device: str = "cpu"
     latency_ms: float | None = None
     throughput: float | None = None
+    iters: int | None = None  # timed passes behind latency_ms
     ratios: dict[str, float | None] = field(default_factory=dict)  # baseline latency / model latency
     error: str | None = None  # why this model could not run at this size
     unavailable: dict[str, str] = field(default_factory=dict)  # baseline -> why its ratio is None
@@ -176,6 +180,7 @@ def bench_models(
     min_time_s: float = 1.0,
     dtype: torch.dtype | None = None,
     callback: Callable[[str, int, int], None] | None = None,
+    rounds: int = 1,
 ) -> list[BenchRow]:
     """Measure every model and baseline at every square ``size`` in the same run.
 
@@ -183,7 +188,13 @@ def bench_models(
     for each baseline, baseline latency / model latency at the same size (> 1: the model is faster), or None when
     either side could not run at that size, with the reason in ``unavailable[baseline]`` (a row's own failure is
     in ``error``). ``callback(label, index, total)`` is called before each measurement (for progress bars).
+
+    With ``rounds`` > 1 every model at a size is built first and then timed ``rounds`` times in turn, each time for
+    ``min_time_s / rounds``; the latency is the median of the rounds' medians. On a shared machine load then falls on
+    a model and its baselines alike, so the ratios hold even when the absolute figures drift.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA device requested but torch.cuda.is_available() is False")
@@ -194,39 +205,72 @@ def bench_models(
         if not timm.is_model(name):
             raise ValueError(f"unknown model {name!r}")
 
-    total = len(sizes) * (len(baselines) + len(names))
+    total = len(sizes) * (len(baselines) + len(names)) * rounds
     index = 0
     size_agnostic: dict[str, nn.Module] = {}  # models built without img_size are reused across sizes
     measured: dict[tuple[str, int], BenchRow] = {}
 
-    def run_one(name: str, size: int, role: str) -> BenchRow:
+    def run_one(row: BenchRow, model: nn.Module | None, first: bool, round_medians: list[float]) -> nn.Module | None:
+        """Time ``model`` (built first when None) once into ``round_medians``; on failure set ``row.error`` and
+        return None."""
         nonlocal index
         if callback is not None:
-            callback(f"{name} @ {size}", index, total)
+            callback(f"{row.model} @ {row.size}", index, total)
         index += 1
-        row = BenchRow(model=name, size=size, role=role, batch_size=batch_size, device=str(device))
         try:
-            model = size_agnostic.get(name)
             if model is None:
-                model, used_img_size = build_model(name, size)
+                model = size_agnostic.get(row.model)
+            if model is None:
+                model, used_img_size = build_model(row.model, row.size)
                 if not used_img_size:
-                    size_agnostic[name] = model
+                    size_agnostic[row.model] = model
             stats = measure_latency(
-                model, (3, size, size), batch_size, device, warmup=warmup, min_time_s=min_time_s, dtype=dtype
+                model,
+                (3, row.size, row.size),
+                batch_size,
+                device,
+                warmup=warmup if first else 1,
+                min_time_s=min_time_s / rounds,
+                dtype=dtype,
             )
-            row.latency_ms, row.throughput = stats["latency_ms"], stats["throughput"]
+            round_medians.append(stats["latency_ms"])
+            row.iters = (row.iters or 0) + int(stats["iters"])
+            return model
         except Exception as e:  # a model that cannot run at this size is recorded, not fatal
             if isinstance(e, torch.OutOfMemoryError) and device.type == "cuda":
                 torch.cuda.empty_cache()
-            row.error = f"{name} @ {size}: {_short_error(e)}"
+            row.error = f"{row.model} @ {row.size}: {_short_error(e)}"
             _logger.warning("could not run %s", row.error)
-        return row
+            return None
 
     for size in sizes:
-        for name in baselines:
-            measured[(name, size)] = run_one(name, size, "baseline")
-        for name in names:
-            row = run_one(name, size, "model")
+        roles = [(name, "baseline") for name in baselines] + [(name, "model") for name in names]
+        rows = [BenchRow(name, size, role, batch_size, str(device)) for name, role in roles]
+        if rounds == 1:  # one model alive at a time
+            for row in rows:
+                medians: list[float] = []
+                run_one(row, None, True, medians)
+                row.latency_ms = medians[0] if medians else None
+        else:
+            models: dict[str, nn.Module | None] = {}
+            medians_by_model: dict[str, list[float]] = {row.model: [] for row in rows}
+            for r in range(rounds):
+                for row in rows:
+                    if row.error is None:
+                        models[row.model] = run_one(row, models.get(row.model), r == 0, medians_by_model[row.model])
+                    else:
+                        index += 1
+            models.clear()
+            for row in rows:
+                if row.error is None:
+                    row.latency_ms = statistics.median(medians_by_model[row.model])
+        for row in rows:
+            if row.latency_ms is not None:
+                row.throughput = batch_size * 1e3 / row.latency_ms
+        for row in rows[: len(baselines)]:
+            measured[(row.model, size)] = row
+        for row in rows[len(baselines) :]:
+            name = row.model
             for b in baselines:
                 base = measured[(b, size)]
                 if row.latency_ms is not None and base.latency_ms is not None:
@@ -240,6 +284,29 @@ def bench_models(
 
     order = {n: i for i, n in enumerate([*baselines, *names])}
     return sorted(measured.values(), key=lambda r: (r.role != "baseline", order[r.model], r.size))
+
+
+RESULT_COLUMNS = ("model", "role", "size", "batch", "device", "dtype", "latency_ms", "throughput", "iters", "error")
+
+
+def result_rows(rows: Sequence[BenchRow], dtype: str = "float32") -> list[dict[str, object]]:
+    """``rows`` as rows of a results file (``results/latency_resolution_<where>.csv``, columns
+    :data:`RESULT_COLUMNS`); ratios are left to the reader, which takes them against the baseline of the same run."""
+    return [
+        dict(
+            model=r.model,
+            role=r.role,
+            size=r.size,
+            batch=r.batch_size,
+            device=r.device,
+            dtype=dtype,
+            latency_ms=r.latency_ms,
+            throughput=r.throughput,
+            iters=r.iters,
+            error=r.error,
+        )
+        for r in rows
+    ]
 
 
 def model_slopes(rows: Sequence[BenchRow]) -> dict[str, float | None]:

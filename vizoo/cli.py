@@ -22,7 +22,16 @@ from tqdm import tqdm
 
 import vizoo
 from vizoo import model_table
-from vizoo.benchmark import DEFAULT_BASELINES, bench_models, format_slopes, format_table, plot_latency, text_table
+from vizoo.benchmark import (
+    DEFAULT_BASELINES,
+    RESULT_COLUMNS,
+    bench_models,
+    format_slopes,
+    format_table,
+    plot_latency,
+    result_rows,
+    text_table,
+)
 from vizoo.utils.complexity import count_params
 
 __all__ = ["main"]
@@ -137,12 +146,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if device.type not in ("cpu", "cuda"):
         _err(f"unsupported --device {args.device!r}; use cpu or cuda")
         return 2
-    if any(s < 1 for s in args.sizes) or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
-        _err("--sizes, --batch-size and --threads must be positive")
+    if any(s < 1 for s in args.sizes) or min(args.batch_size, args.rounds) < 1 or (args.threads or 1) < 1:
+        _err("--sizes, --batch-size, --rounds and --threads must be positive")
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from vizoo.utils import results
 
+    run = results.run_id()  # the start of the run, which names its rows in the results file
     bar: tqdm | None = None
 
     def progress(label: str, index: int, total: int) -> None:
@@ -163,6 +174,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             min_time_s=args.min_time,
             dtype=_DTYPES[args.dtype],
             callback=progress,
+            rounds=args.rounds,
         )
     finally:
         if bar is not None:
@@ -173,7 +185,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(format_slopes([r for r in rows if r.role == "model"]))
     if args.plot:
         print(f"wrote {plot_latency(rows, args.plot)}")
+    if args.results:
+        path = args.results
+        if path == "default":
+            path = results.results_path("latency_resolution", results.machine_tag(device))
+        writer = results.ResultsWriter(
+            path, RESULT_COLUMNS, machine=results.machine_tag(device), command=_bench_command(args), run=run
+        )
+        writer.write_many(result_rows(rows, args.dtype))
+        print(f"wrote {writer.rows_written} rows to {path}")
     return 0 if any(r.latency_ms is not None for r in rows if r.role == "model") else 1
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The ``vizoo bench`` command line that measures what ``args`` did (the options that change a row)."""
+    argv = ["vizoo", "bench", *args.models, "--sizes", *map(str, args.sizes)]
+    argv += ["--baselines", *args.baselines] if args.baselines != list(DEFAULT_BASELINES) else []
+    argv += ["--device", args.device] if args.device != "cpu" else []
+    argv += ["--batch-size", str(args.batch_size)] if args.batch_size != 1 else []
+    argv += ["--dtype", args.dtype] if args.dtype != "float32" else []
+    argv += ["--min-time", f"{args.min_time:g}"] if args.min_time != 1.0 else []
+    argv += ["--rounds", str(args.rounds)] if args.rounds != 1 else []
+    argv += ["--threads", str(args.threads)] if args.threads is not None else []
+    return " ".join(argv + ["--results"])
 
 
 MOBILE_TOLERANCE = 5e-3  # tanh GELU differs from exact GELU by up to ~5e-4 per activation
@@ -274,8 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per point")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed passes per point")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the models of a size in turn this many times (min-time split between them; the median round "
+        "counts), so that a shared machine's load falls on models and baselines alike",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--plot", metavar="PNG", help="write a log-log latency plot to this file")
+    p.add_argument(
+        "--results",
+        nargs="?",
+        const="default",
+        metavar="CSV",
+        help="append the rows to this results file (alone: results/latency_resolution_<machine>.csv, which "
+        "tools/benchmark_docs.py renders into docs/benchmarks.md)",
+    )
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="export a model to ONNX, check it in onnxruntime, quantize, convert for mobile")

@@ -44,3 +44,27 @@ def test_model_ratios_compare_vmamba_with_swin_only_where_both_were_measured(too
     }
     assert tool.model_ratios(models) == {"inference vs swin_tiny": 1.5}
     assert tool.model_ratios({}) == {}
+
+
+def test_rows_go_to_the_shared_results_files(tool, tmp_path):
+    """Kernel rows and model rows of a run are appended to gpu_kernels_<machine>.csv and gpu_models_<machine>.csv."""
+    from vizoo.utils.results import read_rows
+
+    rows = [
+        tool.Row("selective_scan", 1, "triton", ms={"fwd": 1.0, "fwd+bwd": 3.0}, gbps={"fwd": 900.0}, peak_mb=5.0),
+        tool.Row("cross_scan", 1, "torch", error="out of memory"),
+    ]
+    models = {"swin_tiny_patch4_window7_224": dict(inference=200.0, inference_peak_mb=10.0)}
+    for _ in range(2):
+        paths = tool.write_results(tmp_path, "cpu16-h100", rows, models, copy=1000.0)
+    assert [p.name for p in paths] == ["gpu_kernels_cpu16-h100.csv", "gpu_models_cpu16-h100.csv"]
+    kernels, model_rows = (read_rows(p) for p in paths)
+    assert len(kernels) == 4 and len(model_rows) == 2
+    scan, cross = kernels[:2]
+    assert (scan["op"], scan["n"], scan["backend"], scan["fwd_ms"], scan["fwdbwd_ms"], scan["bwd_ms"]) == (
+        "selective_scan", "1", "triton", "1", "3", ""
+    )  # fmt: skip
+    assert scan["fwd_gbps"] == "900" and scan["copy_gbps"] == "1000" and scan["machine"] == "cpu16-h100"
+    assert cross["error"] == "out of memory" and cross["peak_mb"] == ""
+    assert model_rows[0]["model"] == "swin_tiny_patch4_window7_224" and model_rows[0]["inference"] == "200"
+    assert model_rows[0]["batch"] == str(tool.BATCH)
