@@ -1,0 +1,69 @@
+"""vizoo backbones as image towers of image-text models (open_clip) and vision-language models (transformers).
+
+``import vizoo.multimodal`` (it needs the ``vl`` extra: ``open_clip_torch`` and ``transformers``):
+
+- registers an open_clip config ``vizoo-<model>`` per vizoo model (in memory), so ``open_clip.create_model`` and
+  ``local-dir:`` folders know them; ``create_clip`` builds one with a download-free tokenizer (``clip``);
+- ``save_for_transformers`` writes a timm-style folder that records ``features_fmt="NCHW"`` (an argument every vizoo
+  map model takes in ``timm.create_model``), so ``transformers.TimmWrapperModel`` hands consumers NCHW maps (``hf``);
+- offers ``VisionTower`` (pooled embedding, row-major patch tokens with their grid, stage maps) and the LLaVA-style
+  ``MLPProjector`` (``tokens``).
+
+transformers itself is imported only by the caller; nothing here imports it.
+"""
+
+from vizoo.multimodal.clip import (
+    CONFIG_PREFIX,
+    TEXT_PRESETS,
+    clip_config,
+    create_clip,
+    create_loss,
+    load_backbone,
+    lock_image_tower,
+    prepare_clip,
+    register_configs,
+    resolve_model,
+    save_clip,
+    save_trunk,
+    trunk_state_dict,
+    vizoo_config_names,
+)
+from vizoo.multimodal.hf import native_features_fmt, save_for_transformers, set_features_fmt
+from vizoo.multimodal.tokens import (
+    MLPProjector,
+    TowerOutput,
+    VisionTower,
+    map_to_tokens,
+    pixel_shuffle,
+    pixel_unshuffle_to,
+    tokens_to_map,
+)
+
+register_configs()
+
+__all__ = [
+    "CONFIG_PREFIX",
+    "MLPProjector",
+    "TEXT_PRESETS",
+    "TowerOutput",
+    "VisionTower",
+    "clip_config",
+    "create_clip",
+    "create_loss",
+    "load_backbone",
+    "lock_image_tower",
+    "map_to_tokens",
+    "native_features_fmt",
+    "pixel_shuffle",
+    "pixel_unshuffle_to",
+    "prepare_clip",
+    "register_configs",
+    "resolve_model",
+    "save_clip",
+    "save_for_transformers",
+    "save_trunk",
+    "set_features_fmt",
+    "tokens_to_map",
+    "trunk_state_dict",
+    "vizoo_config_names",
+]
