@@ -9,14 +9,14 @@ CONSTRAINTS := requirements/constraints.txt
 FIND_LINKS := $(if $(wildcard ../shared/wheels),--find-links ../shared/wheels,) --find-links .cache/wheels
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) tools/install_mmcv.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) torch torchvision
 	PYTHON=$(PY) bash tools/install_mmcv.sh
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) -e ".[dev,demo,onnx,train,mm]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(FIND_LINKS) -e ".[dev,demo,onnx,train,mm,vl,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,11 +24,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check vizoo tools tests
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=20
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
 
 lint: $(STAMP)
 	$(PY) -m ruff check vizoo tools tests
 	$(PY) -m ruff format --check vizoo tools tests
+
+# The documentation site (mkdocs.yml) into site/; strict, so a broken link or a docstring warning fails it.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

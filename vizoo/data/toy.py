@@ -15,8 +15,8 @@ from torch.utils.data import TensorDataset
 
 __all__ = ["LFW_CLASSES", "digits", "lfw_faces", "stratified_split", "to_tensor_datasets"]
 
-#: Label names of :func:`lfw_faces` (label 1 = face).
 LFW_CLASSES: tuple[str, str] = ("non-face", "face")
+"""Label names of :func:`lfw_faces` (label 1 = face)."""
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

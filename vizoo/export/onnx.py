@@ -39,6 +39,10 @@ class ExportError(ValueError):
 
 @dataclass
 class ExportResult:
+    """What :func:`export_onnx` wrote: the ONNX file's ``path``, its number of graph ``nodes``, ``op_counts`` (nodes per
+    op type) and ``max_abs_diff``, the largest absolute difference from PyTorch when the export was checked (else None).
+    """
+
     path: Path
     nodes: int
     op_counts: Counter = field(default_factory=Counter)
@@ -205,6 +209,7 @@ def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = N
 
 
 def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> np.ndarray:
+    """The first output of the ONNX model at ``path`` run on ``images`` in onnxruntime (CPU)."""
     return _onnx_runner(path, images)()[0]
 
 

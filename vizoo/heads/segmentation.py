@@ -144,6 +144,7 @@ class SemanticFPNHead(nn.Module):
 
 
 SEG_HEADS = {"upernet": UperNetHead, "mlp": MLPHead, "fpn": SemanticFPNHead}
+"""The segmentation heads by the name :func:`create_segmentor` takes as ``head``."""
 
 
 class Segmentor(nn.Module):

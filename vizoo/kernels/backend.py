@@ -36,6 +36,7 @@ def force_backend(name: str) -> Iterator[None]:
 
 
 def available_backends(registry: dict[str, Callable]) -> list[str]:
+    """Sorted backend names of ``registry``, an op's name -> implementation dict (e.g. ``selective_scan.BACKENDS``)."""
     return sorted(registry)
 
 

@@ -34,10 +34,13 @@ class SS2D(nn.Module):
         ssm_ratio: inner width ``d_inner = ssm_ratio * dim``.
         dt_rank: rank of the step-size projection; "auto" is ``ceil(dim / 16)``.
         gate: multiply the output by ``act(z)`` from a second half of ``in_proj`` (v0); v2 ("_noz") has no gate.
-        conv_kernel, conv_bias: depthwise conv applied before the scan.
+        conv_kernel: kernel size of the depthwise conv applied before the scan.
+        conv_bias: whether that depthwise conv has a bias.
         act_layer: activation after the conv (and on the gate).
         routes: "cross" (VMamba's four full-resolution routes) or "atrous" (EfficientVMamba's four stride-2 phases).
-        dt_min, dt_max, dt_init_floor: range of the initial step sizes, as in Mamba.
+        dt_min: lower end of the range of the initial step sizes, as in Mamba.
+        dt_max: upper end of that range.
+        dt_init_floor: smallest initial step size (sampled ones are clamped to it).
         scan_backend: backend for the scan kernels (None picks per device; see ``vizoo.kernels.backend``).
     """
 

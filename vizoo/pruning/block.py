@@ -330,7 +330,10 @@ def block_prune(
         latency: a :class:`LatencyModel`, "measure" to time this model's shapes on the current machine at
             ``latency_batch`` images, or None for a parameter-proportional model.
         latency_weight: 0 ranks groups by score per weight removed, 1 by score per millisecond saved.
-        micro_batch, max_batches, loss_fn: passed to :func:`fisher_importance`.
+        latency_batch: images per timed batch when ``latency="measure"``.
+        micro_batch: passed to :func:`fisher_importance`.
+        max_batches: passed to :func:`fisher_importance`.
+        loss_fn: passed to :func:`fisher_importance`.
 
     The result has ``model.pruning_report`` (achieved sparsity, heads and hidden widths kept per block).
     """

@@ -52,8 +52,11 @@ def cross_selective_scan(
         x: (b, d, h, w) map, any strides (pass ``x.permute(0, 3, 1, 2)`` for channel-last data).
         delta: (b, 4, d, h·w) step sizes of each route, in route order (step t of route k at ``[:, k, :, t]``);
             with ``delta_proj``, (b, 4, r, h·w) low-rank step inputs, projected to d channels by it.
-        A: (4·d, n), n <= 64 for Triton. D, delta_bias: optional (4·d,).
-        B, C: (b, 4, n, h·w) each route's B and C, in route order.
+        A: (4·d, n), n <= 64 for Triton.
+        B: (b, 4, n, h·w) each route's B, in route order.
+        C: (b, 4, n, h·w) each route's C, in route order.
+        D: optional (4·d,) skip.
+        delta_bias: optional (4·d,) added to the step sizes.
         out_channel_first: return (b, d, h·w) if True, else (b, h·w, d).
         out_fp32: return fp32 whatever x's dtype.
         backend: "reference", "torch" (step-major scan for n = 1, see ``torch_ops``), "triton" (one fused kernel) or

@@ -19,12 +19,9 @@ chunked scan's step ``t`` is then one contiguous block, and so is its output. Th
   the skip D u is added once, to the merged map: every route reads the same pixels, so the four D_k u_k sum to
   (sum of the D_k) x.
 
-Against four made routes (the reversed ones flipped copies, their projections put in route order then reordered),
-this made onnxruntime 2-9% faster on vmamba_tiny_s1l8 (A/B runs of the two exported graphs: 138.4 -> 125.0,
-103.8 -> 101.9, 103.1 -> 99.1 ms median) and eager PyTorch unchanged within the noise (169.7 vs 171.3 ms); its graph
-went from 2,745 to 2,831 nodes (fixed batch). Route order (the selective scan's steps strided views of
-(b, 4·d, chunks, s), the routes made and summed by ``cross_scan`` / ``cross_merge``) was 9% slower in eager PyTorch
-and 3-7% slower in onnxruntime than step-major. With n > 1 the three torch kernels are composed in route order (the
+Making only the forward routes drops the reversed copies of the input, the split of the output and most transposes
+of the projections, which onnxruntime runs as separate copies; route order (strided views of (b, 4·d, chunks, s))
+would cost a transpose per step instead. With n > 1 the three torch kernels are composed in route order (the
 steps' states would need a sixth dim).
 """
 

@@ -43,8 +43,9 @@ def linear_attention(
     are the caller's: q and k are used as given.
 
     Args:
-        q, k: (b, h, n, d), or (b, 1, n, d) shared by all of v's heads (VSSD's B and C). v: (b, h, n, dv); dv may
-            differ from d.
+        q: (b, h, n, d), or (b, 1, n, d) shared by all of v's heads (VSSD's C).
+        k: shaped as q (VSSD's B).
+        v: (b, h, n, dv); dv may differ from d.
         normalize: divide by ``q_i·Σ_j w_j k_j + eps``.
         eps: added to the denominator. Keep it >= 1e-6 for fp16/bf16 models (1e-15 underflows).
         cu_seqlens: int32 (num_seqs + 1,) cumulative lengths starting at 0 (flash-attn's convention) with q, k, v

@@ -37,10 +37,13 @@ def selective_scan(
     """Selective scan (Mamba's S6, Gu & Dao 2023), accumulated in fp32 whatever the input dtype.
 
     Args:
-        u, delta: (b, d, l) inputs and step sizes.
+        u: (b, d, l) inputs.
+        delta: (b, d, l) step sizes.
         A: (d, n) state matrix diagonal (negative for a stable scan).
-        B, C: (b, g, n, l) with g dividing d (each group serves d // g channels), or (b, n, l) for one group.
-        D: optional (d,) skip. z: optional (b, d, l) gate, applied as ``y * silu(z)``.
+        B: (b, g, n, l) with g dividing d (each group serves d // g channels), or (b, n, l) for one group.
+        C: shaped as B.
+        D: optional (d,) skip.
+        z: optional (b, d, l) gate, applied as ``y * silu(z)``.
         delta_bias: optional (d,) added to delta, then ``softplus`` if ``delta_softplus``.
         return_last_state: also return the final state (b, d, n) in fp32, without gradient.
         backend: ``"reference"`` (sequential loop, the specification), ``"torch"`` (parallel chunked form, exportable),

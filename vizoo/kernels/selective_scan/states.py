@@ -73,7 +73,8 @@ def selective_scan_states(
     """All hidden states of Mamba's S6 recurrence, accumulated in fp32.
 
     Args:
-        u, delta: (b, d, l) inputs and step sizes.
+        u: (b, d, l) inputs.
+        delta: (b, d, l) step sizes.
         A: (d, n) state matrix diagonal (negative for a stable scan).
         B: (b, g, n, l) with g dividing d, or (b, n, l) for one group.
         delta_bias: optional (d,) added to delta, then ``softplus`` if ``delta_softplus``.
