@@ -3,7 +3,7 @@ FLOPs, counted from the shapes onnxruntime reports."""
 
 import torch
 
-from vizoo.export.onnx import _onnx_graph
+from vizoo.export.onnx import build_onnx_graph
 from vizoo.export.profile import MATRIX_PRODUCT_OPS, matmul_peak_gflops, onnx_profile
 
 
@@ -26,7 +26,9 @@ class Products(torch.nn.Module):
 def test_profile_counts_matrix_product_flops_and_splits_time_by_op_type(tmp_path):
     x = torch.randn(2, 16, 24)
     path = tmp_path / "products.onnx"
-    path.write_bytes(_onnx_graph(Products().eval(), (x,), ["x"], ["y"], False, 18, True, False).SerializeToString())
+    path.write_bytes(
+        build_onnx_graph(Products().eval(), (x,), ["x"], ["y"], False, 18, True, False).SerializeToString()
+    )
     profile = onnx_profile(path, x, passes=5)
     assert profile.matrix_product_flops == 2 * (32 * 24 * 40 + 2 * 24 * 16 * 24 + 2 * 40 * 16 * 24)
     products = set(profile.ms_by_op) & set(MATRIX_PRODUCT_OPS)

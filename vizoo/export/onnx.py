@@ -115,7 +115,7 @@ def export_onnx(
     if fp16 and isinstance(graph, _DetectorWithPostprocess):
         onnx_model = _fp16_detector_graph(graph.detector, example, output_names, **options)
     else:
-        onnx_model = _onnx_graph(graph, (example,), ["image"], output_names, **options)
+        onnx_model = build_onnx_graph(graph, (example,), ["image"], output_names, **options)
         if fp16:
             onnx_model = _to_fp16(onnx_model)
     onnx.save(onnx_model, output)
@@ -126,7 +126,7 @@ def export_onnx(
     return result
 
 
-def _onnx_graph(
+def build_onnx_graph(
     module: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],
     input_names: list[str],
@@ -181,10 +181,10 @@ def _fp16_detector_graph(detector: torch.nn.Module, example: torch.Tensor, outpu
     import onnx
 
     raw_names = ["cls", "dist", "ctr"]
-    network = _to_fp16(_onnx_graph(detector, (example,), ["image"], raw_names, **options))
+    network = _to_fp16(build_onnx_graph(detector, (example,), ["image"], raw_names, **options))
     with torch.no_grad():
         raw = detector(example)  # sets the feature sizes that detections' anchor points follow
-    postprocess = _onnx_graph(
+    postprocess = build_onnx_graph(
         _Postprocess(detector, tuple(example.shape[-2:])), raw, raw_names, output_names, **options
     )
     # the two exports name their values alike (val_0, ...): prefix the post-processing's, but not its inputs/outputs

@@ -1,4 +1,4 @@
-"""ONNX graph rewrites applied after onnxslim while exporting (``vizoo.export.onnx._onnx_graph``).
+"""ONNX graph rewrites applied after onnxslim while exporting (``vizoo.export.onnx.build_onnx_graph``).
 
 Each works on the exported graph itself, not on the model: ``keep_block_transposes`` and ``order_gelu_for_fusion``
 shape it for onnxruntime's own fusions, ``_drop_same_type_castlike`` removes casts that mobile runtimes lack. They

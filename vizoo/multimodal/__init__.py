@@ -6,6 +6,9 @@
   ``local-dir:`` folders know them; ``create_clip`` builds one with a download-free tokenizer (``clip``);
 - ``save_for_transformers`` writes a timm-style folder that records ``features_fmt="NCHW"`` (an argument every vizoo
   map model takes in ``timm.create_model``), so ``transformers.TimmWrapperModel`` hands consumers NCHW maps (``hf``);
+- evaluates zero-shot classification and image-text retrieval (``evaluate``) and builds an offline image-text set
+  from scikit-learn's digits (``data``);
+- exports the image encoder, the text encoder and a zero-shot classifier to ONNX (``export``);
 - offers ``VisionTower`` (pooled embedding, row-major patch tokens with their grid, stage maps) and the LLaVA-style
   ``MLPProjector`` (``tokens``).
 
@@ -28,6 +31,14 @@ from vizoo.multimodal.clip import (
     trunk_state_dict,
     vizoo_config_names,
 )
+from vizoo.multimodal.data import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, ImageTextSet, digits_image_text
+from vizoo.multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot, recall_at_k
+from vizoo.multimodal.export import (
+    SAMPLE_CAPTIONS,
+    export_image_encoder,
+    export_text_encoder,
+    export_zero_shot_classifier,
+)
 from vizoo.multimodal.hf import native_features_fmt, save_for_transformers, set_features_fmt
 from vizoo.multimodal.tokens import (
     MLPProjector,
@@ -42,14 +53,26 @@ from vizoo.multimodal.tokens import (
 register_configs()
 
 __all__ = [
+    "DIGIT_NAMES",
+    "HELDOUT_TEMPLATES",
+    "ImageTextSet",
+    "TRAIN_TEMPLATES",
+    "digits_image_text",
+    "evaluate_retrieval",
+    "evaluate_zero_shot",
+    "recall_at_k",
     "CONFIG_PREFIX",
     "MLPProjector",
+    "SAMPLE_CAPTIONS",
     "TEXT_PRESETS",
     "TowerOutput",
     "VisionTower",
     "clip_config",
     "create_clip",
     "create_loss",
+    "export_image_encoder",
+    "export_text_encoder",
+    "export_zero_shot_classifier",
     "load_backbone",
     "lock_image_tower",
     "map_to_tokens",
