@@ -192,20 +192,28 @@ def _fp16_detector_graph(detector: torch.nn.Module, example: torch.Tensor, outpu
     return onnx.compose.merge_models(network, postprocess, io_map=[(name, name) for name in raw_names])
 
 
-def sample_images(shape: tuple[int, int, int], model: torch.nn.Module | None = None, count: int = 4) -> torch.Tensor:
-    """(count, C, H, W) photographs from scikit-image, resized and normalised with the model's mean and std.
+def sample_images(
+    shape: tuple[int, int, int],
+    model: torch.nn.Module | None = None,
+    count: int = 4,
+    cfg: dict | None = None,
+) -> torch.Tensor:
+    """(count, C, H, W) photographs from scikit-image, resized and normalised with the mean and std of ``cfg``
+    (default: the model's pretrained cfg; an open_clip model passes its ``preprocess_cfg``).
 
     Without scikit-image (only the ``demo`` extra installs it), deterministic synthetic images with a photograph's
     spectrum (``vizoo.data.synthetic_photos``) stand in, so export and its parity check need only the ``onnx`` extra.
     """
     from vizoo.data import photo_batch, synthetic_photos, to_input
 
-    cfg = getattr(model, "pretrained_cfg", {}) if model is not None else {}
+    if cfg is None:
+        cfg = getattr(model, "pretrained_cfg", {}) if model is not None else {}
+    mean, std = (tuple(cfg[k]) if cfg.get(k) else None for k in ("mean", "std"))
     try:
-        return photo_batch(shape, mean=cfg.get("mean"), std=cfg.get("std"), count=count)
+        return photo_batch(shape, mean=mean, std=std, count=count)
     except ImportError:
         _logger.info("scikit-image is not installed (the demo extra): parity is checked on synthetic images")
-        return to_input(synthetic_photos(count), shape, mean=cfg.get("mean"), std=cfg.get("std"))
+        return to_input(synthetic_photos(count), shape, mean=mean, std=std)
 
 
 def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> np.ndarray:

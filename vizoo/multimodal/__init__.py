@@ -39,7 +39,7 @@ from vizoo.multimodal.export import (
     export_text_encoder,
     export_zero_shot_classifier,
 )
-from vizoo.multimodal.hf import native_features_fmt, save_for_transformers, set_features_fmt
+from vizoo.multimodal.hf import native_features_fmt, save_for_transformers
 from vizoo.multimodal.tokens import (
     MLPProjector,
     TowerOutput,
@@ -85,7 +85,6 @@ __all__ = [
     "save_clip",
     "save_for_transformers",
     "save_trunk",
-    "set_features_fmt",
     "tokens_to_map",
     "trunk_state_dict",
     "vizoo_config_names",

@@ -30,7 +30,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vizoo.export.onnx import DEFAULT_OPSET, MIN_OPSET, ExportError, ExportResult, build_onnx_graph, max_abs_diff
+from vizoo.export.onnx import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    ExportError,
+    ExportResult,
+    build_onnx_graph,
+    max_abs_diff,
+    sample_images,
+)
 
 __all__ = [
     "SAMPLE_CAPTIONS",
@@ -145,20 +153,6 @@ def _image_shape(model: nn.Module, image_size: int | tuple[int, int] | None) -> 
     return h, w
 
 
-def _sample_photos(model: nn.Module, size: tuple[int, int], count: int) -> torch.Tensor:
-    """(count, 3, H, W) scikit-image photographs, normalised as the model's preprocessing does (synthetic images with
-    a photograph's spectrum without scikit-image)."""
-    from vizoo.data import photo_batch, synthetic_photos, to_input
-
-    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
-    mean, std = cfg.get("mean"), cfg.get("std")
-    mean, std = (tuple(mean) if mean else None), (tuple(std) if std else None)
-    try:
-        return photo_batch((3, *size), mean=mean, std=std, count=count)
-    except ImportError:
-        return to_input(synthetic_photos(count), (3, *size), mean=mean, std=std)
-
-
 def _default_tokenizer(model: nn.Module):
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -261,7 +255,11 @@ def export_image_encoder(
     with _EvalMode(model):
         size = _image_shape(model, image_size)
         module = _ImageEncoder(model).eval()
-        photos = _sample_photos(model, size, 4) if check else None
+        photos = (
+            sample_images((3, *size), count=4, cfg=getattr(model.visual, "preprocess_cfg", None) or {})
+            if check
+            else None
+        )
         return _export(module, torch.randn(2, 3, *size), "image", ["embedding"], path, photos, opset, simplify)
 
 
@@ -327,6 +325,10 @@ def export_zero_shot_classifier(
                 model, tokenizer, list(classnames), list(templates), num_classes_per_batch=10, device="cpu"
             )
         module = _ZeroShotClassifier(model, class_embeddings, probs).eval()
-        photos = _sample_photos(model, size, 4) if check else None
+        photos = (
+            sample_images((3, *size), count=4, cfg=getattr(model.visual, "preprocess_cfg", None) or {})
+            if check
+            else None
+        )
         names = ["logits", "probs"] if probs else ["logits"]
         return _export(module, torch.randn(2, 3, *size), "image", names, path, photos, opset, simplify)

@@ -27,11 +27,10 @@ from pathlib import Path
 import timm
 import torch.nn as nn
 
+from vizoo.backbones._base import check_fmt
 from vizoo.backbones.vim import Vim
 
-__all__ = ["FEATURES_FMTS", "native_features_fmt", "save_for_transformers", "set_features_fmt"]
-
-FEATURES_FMTS = ("NCHW", "NHWC")
+__all__ = ["native_features_fmt", "save_for_transformers"]
 
 
 def native_features_fmt(model: nn.Module) -> str:
@@ -39,16 +38,6 @@ def native_features_fmt(model: nn.Module) -> str:
     if isinstance(model, Vim):
         return "NLC"
     return getattr(model, "output_fmt", "NCHW")
-
-
-def set_features_fmt(model: nn.Module, features_fmt: str) -> nn.Module:
-    """Make ``model.forward_features`` return ``features_fmt`` ("NCHW" or "NHWC"), in place; returns ``model``.
-
-    ``forward_head`` then takes features in that layout and ``forward_intermediates`` returns its final features in
-    it. Raises ``ValueError`` for Vim (token features) and for unknown layouts; ``timm.create_model(name,
-    features_fmt=...)`` does the same at build time."""
-    model.set_features_fmt(features_fmt)
-    return model
 
 
 def save_for_transformers(
@@ -73,8 +62,7 @@ def save_for_transformers(
     config = json.loads(config_path.read_text())
     model_args = {k: v for k, v in config.get("model_args", {}).items() if k not in ("num_classes", "features_fmt")}
     if features_fmt is not None and native_features_fmt(model) != "NLC":
-        if features_fmt not in FEATURES_FMTS:
-            raise ValueError(f"features_fmt must be one of {FEATURES_FMTS} or None, got {features_fmt!r}")
+        check_fmt("features_fmt", features_fmt)
         model_args["features_fmt"] = features_fmt
     config["model_args"] = model_args
     config_path.write_text(json.dumps(config, indent=2))
