@@ -25,6 +25,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check vizoo tools tests
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=20
+	# timm's own model tests (tests/test_models.py of timm's sdist, fetched once by pip) on the test_ models
+	$(PY) tools/timm_model_tests.py -- -p no:warnings -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check vizoo tools tests

@@ -68,6 +68,15 @@ def _synthetic_results(folder: Path, load_tool) -> None:
     w = ResultsWriter(folder / "onnx_cpu4.csv", load_tool("benchmark_onnx").COLUMNS, command="python onnx")
     w.write(dict(model="net", input="3x224x224", nodes=10, parity=1e-6, eager_ms=20.0, ort_ms=10.0))
     w.write(dict(ort_over_eager=0.5, round_min=0.4, round_max=0.6, model="net2", input="3x8x8", eager_ms=1.0))
+    ratios = ("eager_vs_vit_small_patch16_224", "ort_vs_vit_small_patch16_224")
+    clip_columns = ("model", "role", "size", "batch", "tokens", "eager_img_s", "ort_img_s", "parity", "error", *ratios)
+    w = ResultsWriter(folder / "clip_towers_cpu4.csv", clip_columns, command="python clip")
+    vit = dict(model="vit_small_patch16_224", role="baseline", batch=1, parity=1e-6)
+    w.write(dict(vit, size=224, tokens=196, eager_img_s=10.0, ort_img_s=20.0, **dict.fromkeys(ratios, 1.0)))
+    w.write(dict(vit, size=448, tokens=784, eager_img_s=2.0, ort_img_s=4.0, **dict.fromkeys(ratios, 1.0)))
+    tower = dict(model="tower", role="model", batch=1, parity=2e-6)
+    w.write(dict(tower, size=224, tokens=49, eager_img_s=5.0, ort_img_s=30.0, **dict(zip(ratios, (0.5, 1.5)))))
+    w.write(dict(tower, size=448, error="ValueError: tower takes multiples of 64"))
     w = ResultsWriter(folder / "pruning_cpu4.csv", pruning.COLUMNS, command="python pruning")
     deit = dict(section="deit", model="deit", batch=1)
     w.write(dict(deit, method="dense", params=100, macs=1000, latency_ms=40.0))
@@ -95,6 +104,7 @@ def test_every_kind_of_results_file_renders(docs, load_tool, tmp_path):
     assert titles == [
         "## Latency against resolution (cpu4)",
         "## onnxruntime against eager PyTorch (cpu4)",
+        "## CLIP image towers (cpu4)",
         "## Pruning (cpu4)",
         "## Kernels on CPU (cpu4)",
         "## GPU kernels (cpu16-h100)",
@@ -109,11 +119,19 @@ def test_every_kind_of_results_file_renders(docs, load_tool, tmp_path):
     assert "| net2 | 3x8x8 | 0.50x | 0.40-0.60 |" in text
     assert "| block pruning, sparsity 0.5 | 1 | 0.50 | 0.50 | 2.00x | 20.0 | 40.0 |" in text
     assert "| ToMe, r = 8 | 80.0% | -10.0 pt | 0.25 | 4.00x |" in text
+    assert "| ViT-S/16 (baseline) | 448² | 784 | 2.0 | 4.0 | 1.00x | 1.00x | 1.0e-06 |" in text
+    assert "| tower | 224² | 49 | 5.0 | 30.0 | 0.50x | 1.50x | 2.0e-06 |" in text
+    assert "Not measured: `tower at 448²: ValueError: tower takes multiples of 64`." in text
     assert "| scan | b=1 | 10.0x |" in text
     assert "| scan | 1 | triton | 4.0x | 70% | 50% |" in text
     assert "| vmamba (triton) | 1.50x | 300 |" in text
     assert "| vanilla_vmamba_tiny | train | 1 | 224² | recompute | ok | 0.32x | 0.08x | 0.89x |" in text
-    assert set(plots) == {"latency_resolution_cpu4.png", "onnx_cpu4.png", "pruning_accuracy_cpu4.png"}
+    assert set(plots) == {
+        "latency_resolution_cpu4.png",
+        "onnx_cpu4.png",
+        "clip_towers_cpu4.png",
+        "pruning_accuracy_cpu4.png",
+    }
 
     page = tmp_path / "docs" / "benchmarks.md"
     assert docs.main(["--results", str(results), "--docs", str(page)]) == 0

@@ -56,7 +56,8 @@ def test_paper_columns_are_the_cfgs_figures():
         assert r.paper == timm.get_pretrained_cfg(r.model).paper_ids
     row = BY_NAME["vmamba_tiny_s1l8"]
     assert (row.paper, row.paper_params_m, row.paper_gmacs, row.paper_top1) == ("arXiv:2401.10166", 30, 4.9, 82.6)
-    assert "| vmamba_tiny_s1l8 | 30.25 | 30 | 4.876 | 4.9 | 82.6 | 3x224x224 | - |" in model_table.DOCS_PATH.read_text()
+    row_text = "| vmamba_tiny_s1l8 | 30.25 | 30 | 4.876 | 4.9 | 82.6 | 3x224x224 | [vssm1_tiny"
+    assert row_text in model_table.DOCS_PATH.read_text()
     assert BY_NAME["vim_tiny"].paper_gmacs is None and BY_NAME["lightnet_tiny"].paper_params_m is None
 
 

@@ -30,6 +30,8 @@ SHORT = {
     "deit_small_patch16_224": "DeiT-S",
     "swin_tiny_patch4_window7_224": "Swin-T",
     "deit_tiny_patch16_224": "DeiT-Ti",
+    "vit_small_patch16_224": "ViT-S/16",
+    "vit_base_patch16_224": "ViT-B/16",
 }
 FIGSIZE, DPI = (9.0, 4.0), 100
 
@@ -300,6 +302,93 @@ def onnx_section(path: Path, rows: list[Row]) -> Section:
         save(fig, out)
 
     return Section(f"onnxruntime against eager PyTorch ({where})", lines, {image: draw} if plotted else {})
+
+
+# ------------------------------------------------------------------------------------------------ CLIP image towers
+
+RUNTIMES = {"eager": "eager", "ort": "ORT"}
+
+
+def clip_towers_section(path: Path, rows: list[Row]) -> Section:
+    """Per tower (its latest run) and size: tokens per image, img/s of eager PyTorch and onnxruntime, and each
+    runtime's img/s over each baseline's at the same size in the same run (the ``<runtime>_vs_<baseline>`` columns)."""
+    where = split_name(path)[1]
+    by_model = latest_by(rows, lambda r: r["model"])
+    ordered = sorted(by_model, key=lambda m: by_model[m][0]["role"] != "baseline")
+    baselines = [c.removeprefix("eager_vs_") for c in rows[0] if c.startswith("eager_vs_")]
+    baselines = [b for b in baselines if any(r.get(f"eager_vs_{b}") or r.get(f"ort_vs_{b}") for r in rows)]
+    sizes = sorted({int(r["size"]) for r in rows})
+    header = ["model", "size", "tokens", "params M", "eager img/s", "ORT img/s"]
+    header += [f"{label} vs {short(b)}" for b in baselines for label in RUNTIMES.values()]
+    header += ["parity"]
+    body, errors, used_runs, spreads = [], [], set(), []
+    for size in sizes:  # the towers at one size together, baselines first
+        for model in ordered:
+            r = next((r for r in by_model[model] if int(r["size"]) == size), None)
+            if r is None:
+                continue
+            used_runs.add(r["run"])
+            if r.get("error"):
+                errors.append(f"{model} at {size}²: {r['error']}")
+                continue
+            parity = num(r, "parity")
+            label = f"{short(model)} (baseline)" if r["role"] == "baseline" else model
+            cells = [label, f"{size}²", r.get("tokens") or "n/a", fmt(num(r, "params_m"), 1)]
+            cells += [fmt(num(r, "eager_img_s"), 1), fmt(num(r, "ort_img_s"), 1)]
+            cells += [fmt(num(r, f"{rt}_vs_{b}"), suffix="x") for b in baselines for rt in RUNTIMES]
+            body.append([*cells, f"{parity:.1e}" if parity is not None else "n/a"])
+            if r["role"] != "baseline" and baselines:
+                column = f"eager_vs_{baselines[0]}"
+                values = [v for x in rows if x["model"] == model and int(x["size"]) == size and (v := num(x, column))]
+                if len(values) > 1:
+                    spreads.append(f"{model} at {size}²: {spread(values)}")
+    image = f"clip_towers_{where}.png"
+    batch = rows[-1].get("batch") or "?"
+    lines = [
+        f"![Image-encoder throughput against input size, eager and onnxruntime](img/{image})",
+        "",
+        "Image encoders of CLIP models as open_clip builds them (`encode_image`: the trunk, a linear projection to "
+        f"512, L2 normalisation; random weights), on the CPU at batch {batch}: images per second of PyTorch eager and "
+        "of onnxruntime (the `export_image_encoder` graph), all towers timed in turn in the same run. A ratio is a "
+        "tower's img/s over the baseline's at the same size, same runtime and same run (> 1: faster than the "
+        "baseline). Tokens: the patch tokens of the trunk's final features at that size (a ViT's without its class "
+        "token). Parity: max abs difference of the ONNX embedding from eager on four photographs.",
+        "",
+        *table(header, body, [False, *[True] * (len(header) - 1)], drop_empty=True),
+        "",
+    ]
+    if spreads:
+        lines += [f"Spread of the eager ratio against {short(baselines[0])} over the runs in the file: "]
+        lines[-1] += "; ".join(spreads) + "."
+        lines += [""]
+    if errors:
+        lines += ["Not measured: " + "; ".join(f"`{e}`" for e in errors) + ".", ""]
+    lines += provenance(path, rows, used_runs)
+
+    def draw(out: Path) -> None:
+        fig, axes = new_figure()
+        for ax, (runtime, title) in zip(axes, (("eager", "PyTorch eager"), ("ort", "onnxruntime")), strict=True):
+            for i, model in enumerate(ordered):
+                mrows = sorted(by_model[model], key=lambda r: int(r["size"]))
+                pts = [(int(r["size"]), v) for r in mrows if (v := num(r, f"{runtime}_img_s"))]
+                if not pts:
+                    continue
+                baseline = mrows[0]["role"] == "baseline"
+                style = dict(linestyle="--" if baseline else "-", marker="s" if baseline else "o", color=f"C{i % 10}")
+                ax.plot([s * s for s, _ in pts], [v for _, v in pts], label=short(model), **style)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks([s * s for s in sizes], [f"{s}²" for s in sizes])
+            ax.minorticks_off()
+            ax.set_xlabel("input size (pixels, log)")
+            ax.set_ylabel("images per second (log)")
+            ax.set_title(f"{title}, batch {batch}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize="small")
+        save(fig, out)
+
+    plotted = any(num(r, "eager_img_s") or num(r, "ort_img_s") for r in rows)
+    return Section(f"CLIP image towers ({where})", lines, {image: draw} if plotted else {})
 
 
 # ---------------------------------------------------------------------------------------------------------- pruning
@@ -604,6 +693,7 @@ def memory_section(path: Path, rows: list[Row]) -> Section:
 RENDERERS = {  # results file <what> -> section, in page order
     "latency_resolution": latency_section,
     "onnx": onnx_section,
+    "clip_towers": clip_towers_section,
     "pruning": pruning_section,
     "kernels_cpu": kernels_cpu_section,
     "gpu_kernels": gpu_kernels_section,
@@ -613,6 +703,7 @@ RENDERERS = {  # results file <what> -> section, in page order
 MEASURED_BY = {
     "latency_resolution": "`vizoo bench MODEL ... --results`",
     "onnx": "`python tools/benchmark_onnx.py`",
+    "clip_towers": "`python tools/benchmark_clip_towers.py`",
     "pruning": "`python tools/benchmark_pruning.py`",
     "kernels_cpu": "`python tools/benchmark.py`",
     "gpu_kernels": "`python tools/benchmark_kernels.py`",

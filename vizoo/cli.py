@@ -1,5 +1,6 @@
 """The ``vizoo`` command: ``vizoo list``, ``vizoo info MODEL``, ``vizoo bench MODEL ...``, ``vizoo export MODEL``,
-``vizoo train``, ``vizoo finetune det|seg`` and ``vizoo prune MODEL``.
+``vizoo train``, ``vizoo finetune det|seg``, ``vizoo prune MODEL``, ``vizoo clip-train``, ``vizoo convert``,
+``vizoo push-to-hub`` and ``vizoo validate``.
 
 ``main(argv)`` returns the exit code (0 success, 1 failure, 2 usage error / unknown model) so it can be called
 in-process; the console script and ``python -m vizoo`` wrap it in ``SystemExit``. ``vizoo list`` reads the model
@@ -276,7 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``vizoo`` command."""
     parser = argparse.ArgumentParser(prog="vizoo", description="Efficient vision backbones registered in timm.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,info,bench,export,train,finetune,prune}")
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{list,info,bench,export,train,finetune,prune,clip-train,convert,push-to-hub,validate}",
+    )
 
     p = sub.add_parser(
         "list",
@@ -369,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     from vizoo.pruning import add_prune_parser
 
     add_prune_parser(sub)
+
+    from vizoo.weights_cli import add_weights_parsers
+
+    add_weights_parsers(sub)  # convert, push-to-hub, validate
+
+    try:  # the vl extra (open_clip) may be missing; the other commands work without it
+        from vizoo.multimodal.train_cli import add_clip_train_parser
+    except ImportError as e:
+        missing = f"vizoo clip-train needs the vl extra ({e}); run: pip install -e '.[vl]'"
+        p = sub.add_parser("clip-train", help=missing)
+        p.set_defaults(func=lambda args: _err(missing) or 2)
+    else:
+        add_clip_train_parser(sub).set_defaults(own_logging=True)  # INFO on rank 0 only, as train
     return parser
 
 

@@ -1,2 +1,8 @@
 _base_ = "./_base_/mask-rcnn_vizoo_fpn_1x_coco.py"
-model = dict(backbone=dict(model_name="efficient_vmamba_base"), neck=dict(in_channels=[96, 192, 384, 768]))
+model = dict(
+    backbone=dict(
+        model_name="efficient_vmamba_base",
+        init_cfg=dict(type="Pretrained", checkpoint="hf-hub:TerryPei/EfficientVMamba-Base/efficient_vmamba_base.ckpt"),
+    ),
+    neck=dict(in_channels=[96, 192, 384, 768]),
+)

@@ -5,7 +5,12 @@ _base_ = "./_base_/mask-rcnn_vizoo_fpn_1x_coco.py"
 # and a cosine decay over the last 6 of the 12 epochs. Images are padded to a multiple of 64, what MobileMamba takes.
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
-    backbone=dict(model_name="mobilemamba_b1", out_indices=(0, 1, 2), norm_eval=True),
+    backbone=dict(
+        model_name="mobilemamba_b1",
+        out_indices=(0, 1, 2),
+        norm_eval=True,
+        init_cfg=None,  # random init: no URL fetches the released weights; get them from https://drive.google.com/file/d/1ODO1XM2luMfczbDLJxHrEl-ie7yUscAC/view, set checkpoint=PATH
+    ),
     neck=dict(
         _delete_=True,
         type="TransposedConvFPN",

@@ -3,9 +3,18 @@
 _base_ = "./_base_/mask-rcnn_vizoo_fpn_1x_coco.py"
 custom_imports = dict(imports=["vizoo.mm", "mmseg.models"])
 model = dict(
-    backbone=dict(model_name="vim_tiny", out_indices=(5,11,17,23)),
+    backbone=dict(
+        model_name="vim_tiny",
+        out_indices=(5, 11, 17, 23),
+        init_cfg=dict(type="Pretrained", checkpoint="hf-hub:hustvl/Vim-tiny-midclstok/vim_t_midclstok_76p1acc.pth"),
+    ),
     neck=[
-        dict(type="mmseg.Feature2Pyramid", embed_dim=192, rescales=[4, 2, 1, 0.5], norm_cfg=dict(type="SyncBN", requires_grad=True)),
+        dict(
+            type="mmseg.Feature2Pyramid",
+            embed_dim=192,
+            rescales=[4, 2, 1, 0.5],
+            norm_cfg=dict(type="SyncBN", requires_grad=True),
+        ),
         dict(type="FPN", in_channels=[192, 192, 192, 192], out_channels=256, num_outs=5),
     ],
 )

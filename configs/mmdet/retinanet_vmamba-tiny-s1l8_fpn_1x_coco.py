@@ -1,5 +1,12 @@
 _base_ = "./_base_/retinanet_vizoo_fpn_1x_coco.py"
 model = dict(
-    backbone=dict(model_name="vmamba_tiny_s1l8", drop_path_rate=0.2),
+    backbone=dict(
+        model_name="vmamba_tiny_s1l8",
+        drop_path_rate=0.2,
+        init_cfg=dict(
+            type="Pretrained",
+            checkpoint="https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth",
+        ),
+    ),
     neck=dict(in_channels=[192, 384, 768]),
 )

@@ -2,8 +2,14 @@
 # (mmseg's Feature2Pyramid: deconvolutions up, max-pooling down), as Vim's official UperNet does (seg/backbone/vim.py).
 _base_ = "./_base_/upernet_vizoo_160k_ade20k-512x512.py"
 model = dict(
-    backbone=dict(model_name="lightnet_tiny", out_indices=(3,5,7,11)),
-    neck=dict(type="Feature2Pyramid", embed_dim=192, rescales=[4, 2, 1, 0.5], norm_cfg=dict(type="SyncBN", requires_grad=True)),
+    backbone=dict(
+        model_name="lightnet_tiny",
+        out_indices=(3, 5, 7, 11),
+        init_cfg=None,  # random init: the authors released no ImageNet weights of lightnet_tiny
+    ),
+    neck=dict(
+        type="Feature2Pyramid", embed_dim=192, rescales=[4, 2, 1, 0.5], norm_cfg=dict(type="SyncBN", requires_grad=True)
+    ),
     decode_head=dict(in_channels=[192, 192, 192, 192], channels=192),
     auxiliary_head=dict(in_channels=192),
 )

@@ -30,11 +30,12 @@ IMG = 128  # test image size
 
 def shrink_config(path: Path, num_classes: int = 1) -> Config:
     """The shipped config at ``path`` with ``test_vmamba`` (``test_vim`` where the config has a pyramid neck for a
-    plain backbone, ``test_mobilemamba`` where it has a TransposedConvFPN), 32-channel necks and heads and few
-    proposals."""
+    plain backbone, ``test_mobilemamba`` where it has a TransposedConvFPN), random init, 32-channel necks and heads
+    and few proposals."""
     cfg = Config.fromfile(str(path))
     m = cfg.model
     m.backbone.pop("drop_path_rate", None)
+    m.backbone.init_cfg = None  # the shipped ImageNet weights are the full-size model's
     necks = m.neck if isinstance(m.get("neck"), list) else [m.get("neck")]
     if necks[0] is not None and necks[0].type.endswith("Feature2Pyramid"):
         m.backbone.update(model_name="test_vim", out_indices=(0, 1, 2, 3))

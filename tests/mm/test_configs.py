@@ -57,6 +57,7 @@ def test_config_builds_and_channels_match(path):
     assert optimizer.type == "AdamW" and cfg.optim_wrapper.paramwise_cfg.norm_decay_mult == 0.0
 
     init_default_scope(cfg.default_scope)
+    backbone_cfg.init_cfg = None  # no ImageNet download here: tests/mm/test_pretrained_configs.py loads them offline
     if cfg.default_scope == "mmdet":
         from mmdet.registry import MODELS
     else:

@@ -10,15 +10,6 @@ from vizoo.multimodal.data import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATE
 from vizoo.multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot, recall_at_k
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions and scans: on a shared CPU, more threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LookupClip(nn.Module):
     """A stand-in CLIP with known embeddings: an "image" is a (1, 1, 1, D) tensor holding its embedding, and a text
     embeds to ``text_table[text]``. The tokenizer maps each string to its index in the table."""

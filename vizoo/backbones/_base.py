@@ -63,6 +63,15 @@ def run_blocks(blocks: nn.Module, x: torch.Tensor, grad_checkpointing: bool) -> 
     return blocks(x)
 
 
+def place_like(module: nn.Module, model: nn.Module) -> None:
+    """Give a rebuilt ``module`` (a new classifier) the device, dtype and train/eval mode of ``model``'s other
+    parameters, as timm's ``reset_classifier`` contract asks (a model on "meta" or in bf16 stays so)."""
+    reference = next((p for p in model.parameters() if all(p is not q for q in module.parameters())), None)
+    if reference is not None:
+        module.to(device=reference.device, dtype=reference.dtype)
+    module.train(model.training)
+
+
 def check_fmt(argument: str, fmt: str) -> None:
     if fmt not in ("NCHW", "NHWC"):
         raise ValueError(f"{argument} must be 'NCHW' or 'NHWC', got {fmt!r}")
@@ -173,6 +182,7 @@ class StagedBackbone(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+        place_like(self.head, self)
 
     @property
     def model_name(self) -> str:

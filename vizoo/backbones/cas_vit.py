@@ -253,16 +253,17 @@ def _cfg(**kwargs) -> PaperCfg:
     )
 
 
-# Official weights are linked from the CAS-ViT MODEL_ZOO; vizoo never downloads them itself, load a downloaded file
-# with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# Official weights: Google Drive files linked from the CAS-ViT MODEL_ZOO (two per variant, unlabelled, beside two
+# unlabelled top-1 figures), which no URL can fetch: pretrained=True names the page and how to load the file.
 # paper_*: the parameters of the CAS-ViT MODEL_ZOO, distillation head included (it gives no FLOPs, and two
 # unlabelled top-1 figures per variant, so no top-1 is recorded).
+_ZOO = "https://github.com/Tianfang-Zhang/CAS-ViT/blob/main/MODEL_ZOO.md"
 default_cfgs = generate_default_cfgs(
     {
-        "cas_vit_xs.in1k": _cfg(paper_params_m=3.20),
-        "cas_vit_s.in1k": _cfg(paper_params_m=5.76),
-        "cas_vit_m.in1k": _cfg(paper_params_m=12.42),
-        "cas_vit_t.in1k": _cfg(paper_params_m=21.76),
+        "cas_vit_xs.in1k": _cfg(manual_url=_ZOO, paper_params_m=3.20),
+        "cas_vit_s.in1k": _cfg(manual_url=_ZOO, paper_params_m=5.76),
+        "cas_vit_m.in1k": _cfg(manual_url=_ZOO, paper_params_m=12.42),
+        "cas_vit_t.in1k": _cfg(manual_url=_ZOO, paper_params_m=21.76),
         "test_cas_vit.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

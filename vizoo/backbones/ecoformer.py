@@ -251,17 +251,31 @@ def _cfg(**kwargs) -> PaperCfg:
     )
 
 
-# Released weights are linked from the EcoFormer README (v1.0 release); vizoo never downloads them itself, load a
-# downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
-# paper_*: the EcoFormer README's #Mul, #Add (B) and energy (B pJ) at 224², and the top-1 of B0-B2 (none recorded
-# for B3 and B4); it gives no params or MACs.
+def _released(variant: str, **kwargs) -> PaperCfg:
+    url = f"https://github.com/ziplab/EcoFormer/releases/download/v1.0/pvtv2_{variant}_ecoformer.pth"
+    return _cfg(url=url, **kwargs)
+
+
+# Official weights: the ``v1.0`` release assets of ziplab/EcoFormer that the README's model zoo links, one per
+# variant. pretrained=True downloads them into the torch hub cache.
+# paper_*: the EcoFormer README's #Mul, #Add (B), energy (B pJ) at 224² and top-1 (it gives no params or MACs).
 default_cfgs = generate_default_cfgs(
     {
-        "pvt_v2_b0_ecoformer.in1k": _cfg(paper_mul_b=0.54, paper_add_b=0.56, paper_energy_bpj=2.5, paper_top1=70.44),
-        "pvt_v2_b1_ecoformer.in1k": _cfg(paper_mul_b=2.03, paper_add_b=2.09, paper_energy_bpj=9.4, paper_top1=78.38),
-        "pvt_v2_b2_ecoformer.in1k": _cfg(paper_mul_b=3.85, paper_add_b=3.97, paper_energy_bpj=17.8, paper_top1=81.28),
-        "pvt_v2_b3_ecoformer.in1k": _cfg(paper_mul_b=6.54, paper_add_b=6.75, paper_energy_bpj=30.25),
-        "pvt_v2_b4_ecoformer.in1k": _cfg(paper_mul_b=9.57, paper_add_b=9.82, paper_energy_bpj=44.25),
+        "pvt_v2_b0_ecoformer.in1k": _released(
+            "b0", paper_mul_b=0.54, paper_add_b=0.56, paper_energy_bpj=2.5, paper_top1=70.44
+        ),
+        "pvt_v2_b1_ecoformer.in1k": _released(
+            "b1", paper_mul_b=2.03, paper_add_b=2.09, paper_energy_bpj=9.4, paper_top1=78.38
+        ),
+        "pvt_v2_b2_ecoformer.in1k": _released(
+            "b2", paper_mul_b=3.85, paper_add_b=3.97, paper_energy_bpj=17.8, paper_top1=81.28
+        ),
+        "pvt_v2_b3_ecoformer.in1k": _released(
+            "b3", paper_mul_b=6.54, paper_add_b=6.75, paper_energy_bpj=30.25, paper_top1=81.96
+        ),
+        "pvt_v2_b4_ecoformer.in1k": _released(
+            "b4", paper_mul_b=9.57, paper_add_b=9.82, paper_energy_bpj=44.25, paper_top1=81.90
+        ),
         "test_pvt_v2_ecoformer.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

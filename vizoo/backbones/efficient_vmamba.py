@@ -156,18 +156,25 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba
 
 def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg(
-        "stem.conv", "arXiv:2403.09977", "https://github.com/TerryPei/EfficientVMamba", license="mit", **kwargs
+        "stem.conv", "arXiv:2403.09977", "https://github.com/TerryPei/EfficientVMamba", license="apache-2.0", **kwargs
     )
 
 
-# Official weights are linked from the TerryPei/EfficientVMamba README; vizoo never downloads them itself, load a
-# downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+def _hub(size: str, **kwargs) -> PaperCfg:
+    """The README's checkpoint of ``size``: the file ``efficient_vmamba_<size>.ckpt`` of the Hub repo
+    TerryPei/EfficientVMamba-<Size>, whose licence is apache-2.0 (the code repository has no licence file)."""
+    hub = dict(hf_hub_id=f"TerryPei/EfficientVMamba-{size.title()}", hf_hub_filename=f"efficient_vmamba_{size}.ckpt")
+    return _cfg(**hub, **kwargs)
+
+
+# Official weights: the Hugging Face repos the README's table links, one checkpoint each; pretrained=True downloads
+# them into the HF cache.
 # paper_*: the paper's table (params in whole millions; the training logs print them to the thousand).
 default_cfgs = generate_default_cfgs(
     {
-        "efficient_vmamba_tiny.in1k": _cfg(paper_params_m=6, paper_gmacs=0.8, paper_top1=76.5),
-        "efficient_vmamba_small.in1k": _cfg(paper_params_m=11, paper_gmacs=1.3, paper_top1=78.7),
-        "efficient_vmamba_base.in1k": _cfg(paper_params_m=33, paper_gmacs=4.0, paper_top1=81.8),
+        "efficient_vmamba_tiny.in1k": _hub("tiny", paper_params_m=6, paper_gmacs=0.8, paper_top1=76.5),
+        "efficient_vmamba_small.in1k": _hub("small", paper_params_m=11, paper_gmacs=1.3, paper_top1=78.7),
+        "efficient_vmamba_base.in1k": _hub("base", paper_params_m=33, paper_gmacs=4.0, paper_top1=81.8),
         "test_efficient_vmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

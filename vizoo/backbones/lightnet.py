@@ -222,6 +222,7 @@ def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), **kwargs) -> dict:
         "url": "",
         "num_classes": 1000,
         "input_size": input_size,
+        "min_input_size": (3, 16, 16),  # one 16x16 patch; H and W must be multiples of the patch size
         "pool_size": (input_size[1] // 16, input_size[2] // 16),
         "crop_pct": 0.875,
         "interpolation": "bicubic",

@@ -203,15 +203,20 @@ def _cfg(**kwargs) -> PaperCfg:
     return imagenet_cfg("stem.0", "arXiv:2507.00698", "https://github.com/qhfan/MALA", license="unknown", **kwargs)
 
 
-# The official checkpoints are on Baidu pan (see the MALA README); vizoo never downloads them itself, load a
-# downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# Official weights: the Hugging Face repo aldjalkdf/MAViT that the MALA README links ("All models here"). Small and
+# Large are its files MAViT_S.pth and MAViT_L.pth, which pretrained=True downloads into the HF cache; Tiny's and
+# Base's file names are not published, so pretrained=True names the repo and how to load a file from it.
 # paper_*: the paper gives Small's figures only (27M, 4.6G, 84.7); the other variants have none.
+_REPO = "aldjalkdf/MAViT"
+_TREE = f"https://huggingface.co/{_REPO}/tree/main"
 default_cfgs = generate_default_cfgs(
     {
-        "mala_tiny.in1k": _cfg(),
-        "mala_small.in1k": _cfg(paper_params_m=27, paper_gmacs=4.6, paper_top1=84.7),
-        "mala_base.in1k": _cfg(),
-        "mala_large.in1k": _cfg(),
+        "mala_tiny.in1k": _cfg(manual_url=_TREE),
+        "mala_small.in1k": _cfg(
+            hf_hub_id=_REPO, hf_hub_filename="MAViT_S.pth", paper_params_m=27, paper_gmacs=4.6, paper_top1=84.7
+        ),
+        "mala_base.in1k": _cfg(manual_url=_TREE),
+        "mala_large.in1k": _cfg(hf_hub_id=_REPO, hf_hub_filename="MAViT_L.pth"),
         "test_mala.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

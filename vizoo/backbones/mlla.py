@@ -151,14 +151,21 @@ def _cfg(**kwargs) -> PaperCfg:
     )
 
 
-# Official weights are linked from the MLLA README; vizoo never downloads them itself, load a downloaded file with
-# ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# Official weights: the TsinghuaCloud links of the MLLA README's table (direct downloads, ``?dl=1``), one checkpoint
+# per variant. pretrained=True downloads them into the torch hub cache as ``<name>.<tag>.pth``.
 # paper_*: the table of the MLLA README (params in whole millions).
+_CLOUD = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 default_cfgs = generate_default_cfgs(
     {
-        "mlla_tiny.in1k": _cfg(paper_params_m=25, paper_gmacs=4.2, paper_top1=83.5),
-        "mlla_small.in1k": _cfg(paper_params_m=43, paper_gmacs=7.3, paper_top1=84.4),
-        "mlla_base.in1k": _cfg(paper_params_m=96, paper_gmacs=16.2, paper_top1=85.3),
+        "mlla_tiny.in1k": _cfg(
+            url=_CLOUD.format("7a19712877cb4242889c"), paper_params_m=25, paper_gmacs=4.2, paper_top1=83.5
+        ),
+        "mlla_small.in1k": _cfg(
+            url=_CLOUD.format("0e5d0b1409d540aaa80c"), paper_params_m=43, paper_gmacs=7.3, paper_top1=84.4
+        ),
+        "mlla_base.in1k": _cfg(
+            url=_CLOUD.format("91c85c5a1061496d8796"), paper_params_m=96, paper_gmacs=16.2, paper_top1=85.3
+        ),
         "test_mlla.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

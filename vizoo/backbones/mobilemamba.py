@@ -237,8 +237,9 @@ def _create_mobilemamba(variant: str, pretrained: bool = False, **kwargs) -> Mob
     )
 
 
-def _cfg(size: int, **kwargs) -> PaperCfg:
-    """The official test transform: resize to size / 0.875 (bicubic), centre crop ``size``."""
+def _cfg(size: int, drive: str = "", multiple: int = 64, **kwargs) -> PaperCfg:
+    """The official test transform: resize to size / 0.875 (bicubic), centre crop ``size``. ``multiple``: the
+    model's ``input_multiple``, the smallest input it takes."""
     pool = -(-size // 64)
     return imagenet_cfg(
         "stem.conv1.conv",
@@ -246,22 +247,35 @@ def _cfg(size: int, **kwargs) -> PaperCfg:
         "https://github.com/lewandofskee/MobileMamba",
         license="mit",
         input_size=(3, size, size),
+        min_input_size=(3, multiple, multiple),
         pool_size=(pool, pool),
+        manual_url=f"https://drive.google.com/file/d/{drive}/view" if drive else None,
         **kwargs,
     )
 
 
-# Official weights are Google Drive files linked from the README; vizoo never downloads them itself, load a downloaded
-# file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
-# paper_*: the table of the official README, each at the variant's resolution (top-1 without distillation).
+# Official weights: Google Drive files linked from the README's table, which no URL can fetch: pretrained=True names
+# the file and how to load it. ``.in1k`` are the plain models (the paper's figures); ``.dist_in1k`` the README's
+# models marked †, trained with knowledge distillation (their distillation head is folded into the classifier on
+# loading, as the official model averages the two at eval).
+# paper_*: the table of the official README, each at the variant's resolution.
+_T2, _T4 = dict(paper_params_m=8.8, paper_gmacs=0.255), dict(paper_params_m=14.2, paper_gmacs=0.413)
+_S6, _B1 = dict(paper_params_m=15.0, paper_gmacs=0.652), dict(paper_params_m=17.1, paper_gmacs=1.080)
+_B2, _B4 = dict(paper_params_m=17.1, paper_gmacs=2.427), dict(paper_params_m=17.1, paper_gmacs=4.313)
 default_cfgs = generate_default_cfgs(
     {
-        "mobilemamba_t2.in1k": _cfg(192, paper_params_m=8.8, paper_gmacs=0.255, paper_top1=71.5),
-        "mobilemamba_t4.in1k": _cfg(192, paper_params_m=14.2, paper_gmacs=0.413, paper_top1=76.1),
-        "mobilemamba_s6.in1k": _cfg(224, paper_params_m=15.0, paper_gmacs=0.652, paper_top1=78.0),
-        "mobilemamba_b1.in1k": _cfg(256, paper_params_m=17.1, paper_gmacs=1.080, paper_top1=79.9),
-        "mobilemamba_b2.in1k": _cfg(384, paper_params_m=17.1, paper_gmacs=2.427, paper_top1=81.6),
-        "mobilemamba_b4.in1k": _cfg(512, paper_params_m=17.1, paper_gmacs=4.313, paper_top1=82.5),
+        "mobilemamba_t2.in1k": _cfg(192, "1LXh5wjVEUu5Kj1foclC9zmlKsy7JpMQ-", **_T2, paper_top1=71.5),
+        "mobilemamba_t2.dist_in1k": _cfg(192, "14UUeEeN62a1jo5qit-m0yChQnNU8JWQG", **_T2, paper_top1=76.9),
+        "mobilemamba_t4.in1k": _cfg(192, "17-5Q93_cEhBYMDzWTq4sDcc4_c_ezwpd", **_T4, paper_top1=76.1),
+        "mobilemamba_t4.dist_in1k": _cfg(192, "12e1RKJEYDWVjOZuQLycjOUkA5PqCUnwu", **_T4, paper_top1=78.9),
+        "mobilemamba_s6.in1k": _cfg(224, "13en_zNB2wuHmnHKZMUQDe4KizlaTCHbP", 32, **_S6, paper_top1=78.0),
+        "mobilemamba_s6.dist_in1k": _cfg(224, "1ujVeWpoICjioRF0aB7PD1fadM4PGFRfl", 32, **_S6, paper_top1=80.7),
+        "mobilemamba_b1.in1k": _cfg(256, "1ODO1XM2luMfczbDLJxHrEl-ie7yUscAC", **_B1, paper_top1=79.9),
+        "mobilemamba_b1.dist_in1k": _cfg(256, "15rBhYky_f7jNSknXujuwQESaIkiTBAR1", **_B1, paper_top1=82.2),
+        "mobilemamba_b2.in1k": _cfg(384, "1tJJZqeP09D_IAKKFuQtJQOYm4eNGjr1r", **_B2, paper_top1=81.6),
+        "mobilemamba_b2.dist_in1k": _cfg(384, "1KuleL6Fi84zkjIhkRFbR4lqGa2iu6bOp", **_B2, paper_top1=83.3),
+        "mobilemamba_b4.in1k": _cfg(512, "1MiGLHSldK2JpbQEe-7VlmFsaCdugDnYR", **_B4, paper_top1=82.5),
+        "mobilemamba_b4.dist_in1k": _cfg(512, "1KevdesGm8Pb4fEbgZ5JY4FMy9IQgYbiZ", **_B4, paper_top1=83.6),
         "test_mobilemamba.untrained": _cfg(64, crop_pct=1.0),
     }
 )

@@ -184,19 +184,34 @@ def _cfg(first_conv: str = "stem.conv", **kwargs) -> PaperCfg:
     )
 
 
-# Official weights: v1 are release assets of YuHengsss/MSVMamba, v3 are files of the Hugging Face repo
-# YuhengSSS/MSVMamba (``msvmambav3_{tiny,small,base}_224.pth``). vizoo never downloads them itself; load a downloaded
-# file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``. The official evaluation resizes to 256 and
-# center-crops 224 (crop_pct 0.875), bicubic, for both generations.
+def _v1(folder: str, **kwargs) -> PaperCfg:
+    return _cfg(manual_url=f"https://drive.google.com/drive/folders/{folder}", **kwargs)
+
+
+def _v3(size: str, **kwargs) -> PaperCfg:
+    # The Hub repo's licence is MIT (its card); the code repository has no licence file.
+    return _cfg("stem.conv1", hf_hub_id="YuhengSSS/MSVMamba", hf_hub_filename=f"msvmambav3_{size}_224.pth", **kwargs)
+
+
+# Official weights: v1 (master's README) are in Google Drive folders, which no URL can fetch, so pretrained=True names
+# the folder and how to load the file; v3 (branch v2's README) are files of the Hugging Face repo YuhengSSS/MSVMamba,
+# which pretrained=True downloads into the HF cache. The official evaluation resizes to 256 and center-crops 224
+# (crop_pct 0.875), bicubic, for both generations.
 # paper_*: the tables of the official README, v1 (master) and v3 (branch v2); FLOPs are fvcore MACs at 224².
 default_cfgs = generate_default_cfgs(
     {
-        "msvmamba_nano.in1k": _cfg(paper_params_m=7, paper_gmacs=0.9, paper_top1=77.3),
-        "msvmamba_micro.in1k": _cfg(paper_params_m=12, paper_gmacs=1.5, paper_top1=79.8),
-        "msvmamba_tiny.in1k": _cfg(paper_params_m=33, paper_gmacs=4.6, paper_top1=82.8),
-        "msvmamba_v3_tiny.in1k": _cfg("stem.conv1", paper_params_m=32, paper_gmacs=5.0, paper_top1=83.0),
-        "msvmamba_v3_small.in1k": _cfg("stem.conv1", paper_params_m=50, paper_gmacs=8.8, paper_top1=84.1),
-        "msvmamba_v3_base.in1k": _cfg("stem.conv1", paper_params_m=91, paper_gmacs=16.3, paper_top1=84.4),
+        "msvmamba_nano.in1k": _v1(
+            "1J41w3ApitQhp2O3wHmJoOs4U032uqebK", paper_params_m=7, paper_gmacs=0.9, paper_top1=77.3
+        ),
+        "msvmamba_micro.in1k": _v1(
+            "1jfl2GmuKcUB8sPwRlyHK_wT0MjqgljYk", paper_params_m=12, paper_gmacs=1.5, paper_top1=79.8
+        ),
+        "msvmamba_tiny.in1k": _v1(
+            "1ddNWk89ohcxxMuVEaJ2Y5A6xeBKgA7lU", paper_params_m=33, paper_gmacs=4.6, paper_top1=82.8
+        ),
+        "msvmamba_v3_tiny.in1k": _v3("tiny", paper_params_m=32, paper_gmacs=5.0, paper_top1=83.0),
+        "msvmamba_v3_small.in1k": _v3("small", paper_params_m=50, paper_gmacs=8.8, paper_top1=84.1),
+        "msvmamba_v3_base.in1k": _v3("base", paper_params_m=91, paper_gmacs=16.3, paper_top1=84.4),
         "test_msvmamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

@@ -104,14 +104,30 @@ def _cfg(**kwargs) -> PaperCfg:
     )
 
 
-# Official weights are release assets of EdwardChasel/Spatial-Mamba; vizoo never downloads them itself, load a
-# downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# Official weights: Google Drive files linked from the README's table, which no URL can fetch: pretrained=True names
+# them and how to load the file.
 # paper_*: the table of the official README; its FLOPs are fvcore MACs at 224².
+_DRIVE = "https://drive.google.com/file/d/{}/view"
 default_cfgs = generate_default_cfgs(
     {
-        "spatial_mamba_tiny.in1k": _cfg(paper_params_m=27, paper_gmacs=4.5, paper_top1=83.5),
-        "spatial_mamba_small.in1k": _cfg(paper_params_m=43, paper_gmacs=7.1, paper_top1=84.6),
-        "spatial_mamba_base.in1k": _cfg(paper_params_m=96, paper_gmacs=15.8, paper_top1=85.3),
+        "spatial_mamba_tiny.in1k": _cfg(
+            manual_url=_DRIVE.format("19kXoqGSTuKKs4AHbdUSrdKZTwTWenLIW"),
+            paper_params_m=27,
+            paper_gmacs=4.5,
+            paper_top1=83.5,
+        ),
+        "spatial_mamba_small.in1k": _cfg(
+            manual_url=_DRIVE.format("1Wb3sYoWLpgmWrmHMYKwdgDwGPZaqM28O"),
+            paper_params_m=43,
+            paper_gmacs=7.1,
+            paper_top1=84.6,
+        ),
+        "spatial_mamba_base.in1k": _cfg(
+            manual_url=_DRIVE.format("1k8dHp2QRCOqBSgAi36YkhZp_O8LqOPjM"),
+            paper_params_m=96,
+            paper_gmacs=15.8,
+            paper_top1=85.3,
+        ),
         "test_spatial_mamba.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

@@ -34,7 +34,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from vizoo.backbones._base import check_image_input, run_blocks
+from vizoo.backbones._base import check_image_input, place_like, run_blocks
 from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted
 from vizoo.layers.mamba_block import MambaBlock
 
@@ -281,6 +281,7 @@ class Vim(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        place_like(self.head, self)
 
 
 def _resample_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
@@ -327,6 +328,7 @@ def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), embed_dim: int = 192,
         "url": "",
         "num_classes": 1000,
         "input_size": input_size,
+        "min_input_size": (3, 16, 16),  # one 16x16 patch; H and W must be multiples of the patch size
         "pool_size": (tokens, embed_dim),  # forward_features gives (B, tokens, channels): a token model
         "crop_pct": 0.875,
         "interpolation": "bicubic",
@@ -342,13 +344,26 @@ def _cfg(input_size: tuple[int, int, int] = (3, 224, 224), embed_dim: int = 192,
     return PaperCfg(**cfg)
 
 
-# Official weights are on the Hugging Face hub (hustvl/Vim-tiny-midclstok, hustvl/Vim-small-midclstok); vizoo never
-# downloads them itself: load a downloaded file with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
+# Official weights: files of the Hugging Face repos hustvl/Vim-{tiny,small}-midclstok (apache-2.0) that the README
+# links; pretrained=True downloads them into the HF cache. The repos also hold the "+" checkpoints (78.3, 81.6),
+# fine-tuned as stride-8 patch models, a different architecture from these stride-16 ones.
 # paper_*: the Vim paper's table (whole millions, top-1 before long-sequence fine-tuning); it gives no FLOPs.
 default_cfgs = generate_default_cfgs(
     {
-        "vim_tiny.in1k": _cfg(embed_dim=192, paper_params_m=7, paper_top1=76.1),
-        "vim_small.in1k": _cfg(embed_dim=384, paper_params_m=26, paper_top1=80.5),
+        "vim_tiny.in1k": _cfg(
+            embed_dim=192,
+            hf_hub_id="hustvl/Vim-tiny-midclstok",
+            hf_hub_filename="vim_t_midclstok_76p1acc.pth",
+            paper_params_m=7,
+            paper_top1=76.1,
+        ),
+        "vim_small.in1k": _cfg(
+            embed_dim=384,
+            hf_hub_id="hustvl/Vim-small-midclstok",
+            hf_hub_filename="vim_s_midclstok_80p5acc.pth",
+            paper_params_m=26,
+            paper_top1=80.5,
+        ),
         "test_vim.untrained": _cfg(input_size=(3, 64, 64), embed_dim=64, crop_pct=1.0),
     }
 )

@@ -108,15 +108,25 @@ def _cfg(**kwargs) -> PaperCfg:
     )
 
 
-# Official weights are release assets of YuHengsss/VSSD; vizoo never downloads them itself, load a downloaded file
-# with ``pretrained=True, pretrained_cfg_overlay=dict(file=path)``.
-# paper_*: the table of the official README of the Aug-2024 code (top-1 without MESA); FLOPs are fvcore MACs at 224².
+def _hub(file: str, **kwargs) -> PaperCfg:
+    return _cfg(hf_hub_id="YuhengSSS/VSSD", hf_hub_filename=file, **kwargs)
+
+
+# Official weights: files of the Hugging Face repo YuhengSSS/VSSD that the README's tables link; pretrained=True
+# downloads them into the HF cache. ``.in1k`` is the main table's checkpoint (the paper's figure); ``.mesa_in1k``
+# the README's second table, the same models trained with MESA (no Micro).
+# paper_*: the README of the Aug-2024 code (top-1 as each table gives it); FLOPs are fvcore MACs at 224².
+_MICRO, _TINY = dict(paper_params_m=14, paper_gmacs=2.3), dict(paper_params_m=24, paper_gmacs=4.5)
+_SMALL, _BASE = dict(paper_params_m=40, paper_gmacs=7.4), dict(paper_params_m=89, paper_gmacs=16.1)
 default_cfgs = generate_default_cfgs(
     {
-        "vssd_micro.in1k": _cfg(paper_params_m=14, paper_gmacs=2.3, paper_top1=82.5),
-        "vssd_tiny.in1k": _cfg(paper_params_m=24, paper_gmacs=4.5, paper_top1=83.6),
-        "vssd_small.in1k": _cfg(paper_params_m=40, paper_gmacs=7.4, paper_top1=84.1),
-        "vssd_base.in1k": _cfg(paper_params_m=89, paper_gmacs=16.1, paper_top1=84.7),
+        "vssd_micro.in1k": _hub("vssd_micro_best.pth", **_MICRO, paper_top1=82.5),
+        "vssd_tiny.in1k": _hub("vssd_tiny_best_ema.pth", **_TINY, paper_top1=83.6),
+        "vssd_tiny.mesa_in1k": _hub("vssd_tiny_e300_with_mesa.pth", **_TINY, paper_top1=84.1),
+        "vssd_small.in1k": _hub("vssd_small_best_ema.pth", **_SMALL, paper_top1=84.1),
+        "vssd_small.mesa_in1k": _hub("vssd_small_e300_with_mesa.pth", **_SMALL, paper_top1=84.5),
+        "vssd_base.in1k": _hub("vssd_base_best_ema.pth", **_BASE, paper_top1=84.7),
+        "vssd_base.mesa_in1k": _hub("vssd_base_e300_with_mesa.pth", **_BASE, paper_top1=85.4),
         "test_vssd.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     }
 )

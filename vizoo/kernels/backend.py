@@ -9,12 +9,18 @@ The default is ``"triton"`` for CUDA tensors when triton is installed, and ``"to
 whenever a model is being exported (``torch.export`` or ONNX), so that exported graphs hold plain torch ops that run
 anywhere. A forced ``"triton"`` is honoured during ``torch.export`` (the graph then holds vizoo's custom ops). On a
 CPU, Triton kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``, set before triton is first imported).
+
+Under ``torch.autocast`` every kernel computes in fp32 (``fp32_under_autocast``): autocast would otherwise run the
+matrix products inside the torch paths (linear attention's KV and q·KV, the scans' step-size and B/C projections) in
+fp16/bf16, where MLLA's q·KV overflows fp16 and a step size loses the digits that exp(Δ A) needs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable, Iterator
 
@@ -81,3 +87,47 @@ def pick_backend(op: str, registry: dict[str, Callable], requested: str | None, 
     if name == "triton" and (problem := triton_problem(device)) is not None:
         raise RuntimeError(f"{op}: backend 'triton' {problem}")
     return registry[name]
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A region where autocast is off for ``device_type``; nothing for a device without autocast ("meta", used to
+    count FLOPs)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def fp32_under_autocast(kernel: Callable) -> Callable:
+    """Make ``kernel`` (a public kernel function) compute in fp32 when autocast is on for its first input's device.
+
+    Under autocast the kernel runs with autocast disabled on fp32 copies of its fp16/bf16 tensor arguments (exact
+    upcasts), and its output (the first one of a tuple; a returned state stays fp32) is cast back to the first
+    input's dtype, or left in fp32 when the call passes ``out_fp32=True``. Outside autocast the kernel runs as is.
+    Gradients flow back through the upcasts in the inputs' own dtypes.
+    """
+    signature = inspect.signature(kernel)
+    first = next(iter(signature.parameters))
+
+    @functools.wraps(kernel)
+    def wrapper(*args, **kwargs):
+        x = args[0] if args else kwargs.get(first)
+        if not (
+            isinstance(x, torch.Tensor)
+            and torch.amp.is_autocast_available(x.device.type)  # "meta" (FLOP counts) has no autocast
+            and torch.is_autocast_enabled(x.device.type)
+        ):
+            return kernel(*args, **kwargs)
+        out_fp32 = signature.bind(*args, **kwargs).arguments.get("out_fp32", False)
+        with autocast_off(x.device.type):
+            out = kernel(*map(_upcast, args), **{k: _upcast(v) for k, v in kwargs.items()})
+        dtype = torch.float32 if out_fp32 else x.dtype
+        return (out[0].to(dtype), *out[1:]) if isinstance(out, tuple) else out.to(dtype)
+
+    return wrapper
+
+
+def _upcast(value):
+    """An fp16/bf16 tensor as fp32; anything else as is."""
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+        return value.float()
+    return value

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vizoo.kernels.backend import is_exporting
+from vizoo.kernels.backend import autocast_off, is_exporting
 from vizoo.kernels.linear_attention import linear_attention
 
 __all__ = ["EcoFormerAttention", "KernelizedHashing", "hashed_attention", "l2_normalize"]
@@ -109,7 +109,7 @@ class KernelizedHashing(nn.Module):
     def fit(self, x: torch.Tensor) -> None:
         """Fit anchors, μ and A to the unit-norm tokens x (B, H, N, d) of one batch (see the class docstring), in
         fp32 whatever autocast says."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             self._fit(x.detach().float())
 
     def _fit(self, x: torch.Tensor) -> None:
@@ -284,7 +284,7 @@ class EcoFormerAttention(nn.Module):
         v = self.to_v(x).reshape(b, n, self.num_heads, -1).transpose(1, 2)
         if not is_exporting():
             self._fit_or_warn(qk)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             y = hashed_attention(self.hashing(qk), v, self.bias_form)
         y = y.transpose(1, 2).reshape(b, n, c).to(x.dtype)
         return self.proj_drop(self.proj(y))

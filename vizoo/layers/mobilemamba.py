@@ -28,7 +28,7 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models.efficientvit_msra import ConvMlp, ConvNorm, PatchMerging, ResidualDrop
 
 from vizoo.kernels.cross_scan import bidirectional_merge, bidirectional_scan
-from vizoo.kernels.selective_scan import selective_scan
+from vizoo.layers.ssm_init import routed_selective_scan
 
 __all__ = [
     "BatchNormClassifierHead",
@@ -120,20 +120,7 @@ class BidirectionalSS2D(nn.Module):
         b, _, h, w = x.shape
         x, z = self.in_proj(x).chunk(2, dim=1)
         xs = bidirectional_scan(self.act(self.conv2d(x)))  # (b, 2, d, L)
-        dts, Bs, Cs = torch.split(
-            torch.matmul(self.x_proj_weight, xs), [self.dt_rank, self.d_state, self.d_state], dim=2
-        )
-        ys = selective_scan(
-            xs.flatten(1, 2),
-            torch.matmul(self.dt_projs_weight, dts).flatten(1, 2),
-            -torch.exp(self.A_logs.float()),
-            Bs,
-            Cs,
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.flatten().float(),
-            delta_softplus=True,
-            backend=self.scan_backend,
-        )
+        ys = routed_selective_scan(self, xs)  # (b, 2·d, L)
         y = bidirectional_merge(ys.unflatten(1, (NUM_ROUTES, -1))).unflatten(-1, (h, w))
         return self.out_proj(self.out_norm(y) * self.act(z))
 

@@ -18,9 +18,9 @@ import math
 import torch
 import torch.nn as nn
 
-from vizoo.kernels import cross_selective_scan, selective_scan
+from vizoo.kernels import cross_selective_scan
 from vizoo.kernels.cross_scan import atrous_merge, atrous_scan
-from vizoo.layers.ssm_init import reset_routed_ssm_
+from vizoo.layers.ssm_init import reset_routed_ssm_, routed_selective_scan
 
 NUM_ROUTES = {"cross": 4, "atrous": 4}  # route set -> K
 
@@ -126,21 +126,7 @@ class SS2D(nn.Module):
         """(b, d, h, w) -> (b, h·w, d): the four stride-2 phases, one grouped selective scan of length h·w/4."""
         h, w = x.shape[-2:]
         xs = atrous_scan(x, backend=self.scan_backend)  # (b, 4, d, l/4)
-        dts, Bs, Cs = torch.split(
-            torch.matmul(self.x_proj_weight, xs), [self.dt_rank, self.d_state, self.d_state], dim=2
-        )  # (4, c, d) @ (b, 4, d, l) -> (b, 4, c, l)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # (b, 4, d, l)
-        ys = selective_scan(
-            xs.flatten(1, 2),
-            dts.flatten(1, 2),
-            -torch.exp(self.A_logs.float()),
-            Bs,
-            Cs,
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.flatten().float(),
-            delta_softplus=True,
-            backend=self.scan_backend,
-        )  # (b, 4·d, l/4)
+        ys = routed_selective_scan(self, xs)  # (b, 4·d, l/4)
         return atrous_merge(
             ys.unflatten(1, (4, self.d_inner)), h, w, out_channel_first=False, backend=self.scan_backend
         )

@@ -1,4 +1,5 @@
-"""Mamba's parameter initialisation (Gu & Dao, "Mamba", 2023), shared by every selective-scan mixer in vizoo."""
+"""Mamba's SSM parameters (Gu & Dao, "Mamba", 2023) as vizoo's selective-scan mixers stack them per route: their
+initialisation, shared by every mixer, and the scan of several routes that reads them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import math
 import torch
 import torch.nn as nn
 
-__all__ = ["init_dt_bias_", "init_s4d_real_", "reset_routed_ssm_"]
+from vizoo.kernels.selective_scan import selective_scan
+
+__all__ = ["init_dt_bias_", "init_s4d_real_", "reset_routed_ssm_", "routed_selective_scan"]
 
 
 @torch.no_grad()
@@ -38,3 +41,25 @@ def reset_routed_ssm_(
     init_dt_bias_(module.dt_projs_bias, dt_min, dt_max, dt_init_floor)
     init_s4d_real_(module.A_logs)
     module.Ds.fill_(1.0)
+
+
+def routed_selective_scan(module: nn.Module, xs: torch.Tensor) -> torch.Tensor:
+    """Scan K routes, each with its own SSM parameters stacked on ``module`` as ``reset_routed_ssm_`` describes
+    (``x_proj_weight`` (K, R + 2N, D), ``dt_projs_weight`` (K, D, R), ``dt_projs_bias`` (K, D), ``A_logs`` (K·D, N),
+    ``Ds`` (K·D); attributes ``dt_rank``, ``d_state``, ``scan_backend``).
+
+    xs: (B, K, D, L), route k's tokens in its scan order -> (B, K·D, L). The step size, B and C come from one batched
+    projection of every route, then one selective scan runs all K·D channels.
+    """
+    dts, Bs, Cs = torch.matmul(module.x_proj_weight, xs).split([module.dt_rank, module.d_state, module.d_state], dim=2)
+    return selective_scan(
+        xs.flatten(1, 2),
+        torch.matmul(module.dt_projs_weight, dts).flatten(1, 2),
+        -torch.exp(module.A_logs.float()),
+        Bs,
+        Cs,
+        module.Ds.float(),
+        delta_bias=module.dt_projs_bias.flatten().float(),
+        delta_softplus=True,
+        backend=module.scan_backend,
+    )

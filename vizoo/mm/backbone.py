@@ -10,9 +10,10 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-import vizoo.backbones  # noqa: F401  (registers vizoo's models in timm)
+import vizoo  # registers vizoo's models in timm
 from vizoo.heads.features import last_levels
-from vizoo.utils.checkpoint import CheckpointError, read_state_dict
+from vizoo.mm.pretrained import is_remote, official_checkpoint, read_checkpoint
+from vizoo.utils.checkpoint import CheckpointError
 
 __all__ = ["VizooBackbone"]
 
@@ -34,10 +35,12 @@ class VizooBackbone(BaseModule):
             ``requires_grad=False`` and those modules stay in eval mode); -1 freezes nothing, 0 only the stem.
         norm_eval: keep every batch-norm layer in eval mode (frozen running statistics) while training.
         with_cp: gradient (activation) checkpointing through the model's ``set_grad_checkpointing``.
-        init_cfg: mmengine init config. A ``dict(type="Pretrained", checkpoint=path, prefix=...)`` entry is loaded
+        init_cfg: mmengine init config. A ``dict(type="Pretrained", checkpoint=address, prefix=...)`` entry is loaded
             here, strictly, through the family's ``checkpoint_filter_fn`` (official checkpoints are converted); any
-            missing, unexpected or mis-shaped key raises ``CheckpointError`` naming them.
-        pretrained: a local checkpoint file; shorthand for ``init_cfg=dict(type="Pretrained", checkpoint=...)``.
+            missing, unexpected or mis-shaped key raises ``CheckpointError`` naming them. The address is a local
+            file, an ``http(s)://`` URL or ``hf-hub:ORG/REPO/FILENAME``, downloaded once into the cache
+            (:mod:`vizoo.mm.pretrained`); the shipped configs give the official ImageNet weights' address.
+        pretrained: a checkpoint address; shorthand for ``init_cfg=dict(type="Pretrained", checkpoint=...)``.
         **model_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``scan_backend``, ...).
     """
 
@@ -64,10 +67,18 @@ class VizooBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         if checkpoint is not None:
-            model_kwargs["pretrained_cfg_overlay"] = dict(state_dict=_read_backbone_weights(checkpoint, prefix))
-        self.body = _create_features_model(
-            model_name, self.out_indices, pretrained=checkpoint is not None, **model_kwargs
-        )
+            model_kwargs["pretrained_cfg_overlay"] = dict(
+                state_dict=_read_backbone_weights(checkpoint, prefix, model_name)
+            )
+        try:
+            self.body = _create_features_model(
+                model_name, self.out_indices, pretrained=checkpoint is not None, **model_kwargs
+            )
+        except CheckpointError as e:
+            owner = _official_owner(checkpoint) if checkpoint is not None else None
+            if owner is None or owner == model_name:
+                raise
+            raise CheckpointError(f"{e}\n{checkpoint} holds the official weights of {owner}, not {model_name}.") from e
         if checkpoint is not None:
             _logger.info("VizooBackbone(%s): loaded %s (all keys matched)", model_name, checkpoint)
         self.feature_info = self.body.feature_info
@@ -145,24 +156,29 @@ def _split_pretrained(
     if pretrained_cfgs:
         checkpoint, prefix = pretrained_cfgs[0].get("checkpoint"), pretrained_cfgs[0].get("prefix")
         if not checkpoint:
-            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path to a local file>")
-    if checkpoint is not None and "://" in checkpoint:
-        raise ValueError(f"vizoo loads local checkpoint files only, got {checkpoint!r}; download it first")
+            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<local file, URL or hf-hub:...>")
     return checkpoint, prefix, (rest or None)
 
 
-def _read_backbone_weights(path: str, prefix: str | None) -> dict[str, torch.Tensor]:
-    state_dict = read_state_dict(path)
+def _read_backbone_weights(address: str, prefix: str | None, model_name: str) -> dict[str, torch.Tensor]:
+    state_dict = read_checkpoint(address, model_name)
     if prefix:
         prefix = prefix if prefix.endswith(".") else prefix + "."
         selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not selected:
-            raise CheckpointError(f"no key of {path!r} starts with prefix {prefix!r}; check init_cfg's prefix")
+            raise CheckpointError(f"no key of {address!r} starts with prefix {prefix!r}; check init_cfg's prefix")
         state_dict = selected
     # A VizooBackbone's own state dict (``body.model.stages...``) loads too.
     if all(k.startswith("body.model.") for k in state_dict):
         state_dict = {k.removeprefix("body.model."): v for k, v in state_dict.items()}
     return state_dict
+
+
+def _official_owner(address: str) -> str | None:
+    """The vizoo model whose official weights are at ``address`` in the registry, if any."""
+    if not is_remote(address):
+        return None
+    return next((name for name in vizoo.list_models() if official_checkpoint(name) == address), None)
 
 
 def _create_features_model(model_name: str, out_indices: tuple[int, ...], **kwargs) -> nn.Module:

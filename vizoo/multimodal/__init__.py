@@ -7,7 +7,9 @@
 - ``save_for_transformers`` writes a timm-style folder that records ``features_fmt="NCHW"`` (an argument every vizoo
   map model takes in ``timm.create_model``), so ``transformers.TimmWrapperModel`` hands consumers NCHW maps (``hf``);
 - evaluates zero-shot classification and image-text retrieval (``evaluate``) and builds an offline image-text set
-  from scikit-learn's digits (``data``);
+  from scikit-learn's digits, in memory or as PNG files with CSVs (``data``);
+- trains a CLIP / SigLIP, or a LiT text side against a locked pretrained tower, on a CSV of image paths and captions,
+  with DDP, AMP, exact resume and a progress bar (``train``; the ``vizoo clip-train`` command is ``train_cli``);
 - exports the image encoder, the text encoder and a zero-shot classifier to ONNX (``export``);
 - offers ``VisionTower`` (pooled embedding, row-major patch tokens with their grid, stage maps) and the LLaVA-style
   ``MLPProjector`` (``tokens``).
@@ -31,7 +33,14 @@ from vizoo.multimodal.clip import (
     trunk_state_dict,
     vizoo_config_names,
 )
-from vizoo.multimodal.data import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, ImageTextSet, digits_image_text
+from vizoo.multimodal.data import (
+    DIGIT_NAMES,
+    HELDOUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    ImageTextSet,
+    digits_image_text,
+    write_digits_csv,
+)
 from vizoo.multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot, recall_at_k
 from vizoo.multimodal.export import (
     SAMPLE_CAPTIONS,
@@ -49,6 +58,14 @@ from vizoo.multimodal.tokens import (
     pixel_unshuffle_to,
     tokens_to_map,
 )
+from vizoo.multimodal.train import (
+    ClipTrainConfig,
+    ClipTrainResult,
+    ImageTextCsv,
+    ImageTextCsvDataset,
+    read_image_text_csv,
+    train_clip,
+)
 
 register_configs()
 
@@ -58,6 +75,13 @@ __all__ = [
     "ImageTextSet",
     "TRAIN_TEMPLATES",
     "digits_image_text",
+    "write_digits_csv",
+    "ClipTrainConfig",
+    "ClipTrainResult",
+    "ImageTextCsv",
+    "ImageTextCsvDataset",
+    "read_image_text_csv",
+    "train_clip",
     "evaluate_retrieval",
     "evaluate_zero_shot",
     "recall_at_k",

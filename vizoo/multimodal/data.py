@@ -4,12 +4,18 @@ It ships with scikit-learn (1797 grayscale 8x8 images, 10 classes), so CLIP-styl
 can be shown and tested without downloads. Two disjoint template sets: ``TRAIN_TEMPLATES`` caption the training
 split, ``HELDOUT_TEMPLATES`` (wordings never used in training) caption the held-out split and serve as zero-shot
 prompts, so a zero-shot score on the held-out split measures new images *and* new wordings.
+
+``digits_image_text`` gives a split as tensors; ``write_digits_csv`` writes both splits as PNG files with image-text
+CSVs (the input of ``vizoo clip-train``) in a folder that is also an ImageNet-layout folder for ``vizoo train``.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +24,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vizoo.data.toy import stratified_split
 
-__all__ = ["DIGIT_NAMES", "HELDOUT_TEMPLATES", "TRAIN_TEMPLATES", "ImageTextSet", "digits_image_text"]
+__all__ = [
+    "DIGIT_NAMES",
+    "HELDOUT_TEMPLATES",
+    "TRAIN_TEMPLATES",
+    "ImageTextSet",
+    "digits_image_text",
+    "write_digits_csv",
+]
 
 DIGIT_NAMES: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 """Class names of the digits, by label."""
@@ -89,6 +102,19 @@ def digits_image_text(
         heldout_fraction: the share of each class held out.
         seed: fixes the split and the template order.
     """
+    templates = _check_split_and_templates(split, templates, image_size)
+    pixels, y, _ = _digits_pixels(split, image_size, heldout_fraction, seed)
+    x = pixels.expand(-1, 3, -1, -1)
+    mean_t = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
+    images = ((x - mean_t) / std_t).contiguous()
+    captions = _captions(y, templates, seed)
+    return ImageTextSet(images, captions, y, DIGIT_NAMES, tuple(templates))
+
+
+def _check_split_and_templates(split: str, templates: Sequence[str] | None, image_size: int) -> tuple[str, ...]:
+    """The split's templates (``TRAIN_TEMPLATES`` / ``HELDOUT_TEMPLATES`` if None), or a ValueError saying what
+    to do."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if image_size < 1:
@@ -100,6 +126,13 @@ def digits_image_text(
     for template in templates:
         if template.format("a") == template.format("b"):
             raise ValueError(f"template {template!r} has no {{}} for the digit's name")
+    return tuple(templates)
+
+
+def _digits_pixels(
+    split: str, image_size: int, heldout_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """One split of the digits: ``(pixels (N, 1, S, S) in [0, 1], labels (N,), indices into load_digits())``."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -109,11 +142,55 @@ def digits_image_text(
     x = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8), values 0..16
     if x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
-    x = x.expand(-1, 3, -1, -1)
-    mean_t = torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1)
-    images = ((x - mean_t) / std_t).contiguous()
-    y = torch.from_numpy(labels[idx])
-    order = np.random.default_rng(seed).permutation(len(idx)) % len(templates)
-    captions = [templates[t].format(DIGIT_NAMES[c]) for t, c in zip(order, y.tolist())]
-    return ImageTextSet(images, captions, y, DIGIT_NAMES, tuple(templates))
+    return x, torch.from_numpy(labels[idx]), idx
+
+
+def _captions(labels: torch.Tensor, templates: Sequence[str], seed: int) -> list[str]:
+    """Image ``i`` gets template ``i mod len(templates)`` after a seeded shuffle."""
+    order = np.random.default_rng(seed).permutation(len(labels)) % len(templates)
+    return [templates[t].format(DIGIT_NAMES[c]) for t, c in zip(order, labels.tolist())]
+
+
+def write_digits_csv(
+    root: str | os.PathLike,
+    image_size: int = 32,
+    heldout_fraction: float = 0.25,
+    seed: int = 0,
+    train_templates: Sequence[str] | None = None,
+    heldout_templates: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write the digits as PNG files and image-text CSVs, the input of ``vizoo clip-train``; returns the CSV paths.
+
+    Layout (the same images, splits and captions as ``digits_image_text`` with the same ``heldout_fraction`` and
+    ``seed``)::
+
+        root/train.csv                 filepath,caption,label  (filepath relative to the CSV's folder)
+        root/heldout.csv
+        root/train/<digit name>/<index>.png      8-bit grayscale, image_size x image_size
+        root/heldout/<digit name>/<index>.png
+
+    ``root`` is also an ImageNet-layout folder for ``vizoo train --data-dir root --val-split heldout`` (class folders
+    named by ``DIGIT_NAMES``), so an image tower pretrained there sees the same images (the LiT recipe). ``label`` holds
+    the digit's name, for zero-shot evaluation (``vizoo clip-train --label-column label``).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    paths = {}
+    for split, templates in (("train", train_templates), ("heldout", heldout_templates)):
+        templates = _check_split_and_templates(split, templates, image_size)
+        pixels, labels, idx = _digits_pixels(split, image_size, heldout_fraction, seed)
+        captions = _captions(labels, templates, seed)
+        arrays = (pixels[:, 0] * 255).round().to(torch.uint8).numpy()
+        rows = []
+        for array, label, index, caption in zip(arrays, labels.tolist(), idx.tolist(), captions):
+            relative = Path(split) / DIGIT_NAMES[label] / f"{index:04d}.png"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / relative)
+            rows.append({"filepath": relative.as_posix(), "caption": caption, "label": DIGIT_NAMES[label]})
+        paths[split] = root / f"{split}.csv"
+        with open(paths[split], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["filepath", "caption", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return paths

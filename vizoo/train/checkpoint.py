@@ -14,7 +14,6 @@ checkpoints intact; only the newest ``keep`` are kept.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vizoo.utils.checkpoint import CheckpointError
+from vizoo.utils.checkpoint import CheckpointError, sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -74,14 +73,6 @@ def restore_rng(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,7 +129,7 @@ def save_checkpoint(
         for name, tensors in weights.items():
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
             save_file(tensors, str(tmp / name), metadata={"format": "pt", "step": str(step)})
-            hashes[name] = _sha256(tmp / name)
+            hashes[name] = sha256_file(tmp / name)
         state = dict(state, step=step, sha256=hashes)
         with open(tmp / "state.pt", "wb") as f:
             torch.save(state, f)
@@ -201,7 +192,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} lacks {name}{hint}")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(
                 f"checkpoint file {str(f)!r} is corrupt: its SHA-256 differs from the one recorded "
                 f"when it was written{hint}"

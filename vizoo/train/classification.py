@@ -21,11 +21,9 @@ Outputs in ``cfg.output``: ``config.yaml``, ``steps.jsonl`` (loss and lr per log
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from .data import (
     build_train_transform,
     scan_dataset,
 )
+from .runtime import DistInfo, all_reduce_sum, read_jsonl, rewrite_jsonl, setup_distributed, write_csv
 
 __all__ = ["TrainResult", "evaluate", "train"]
 
@@ -78,57 +77,17 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # per epoch, this invocation's epochs only
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(cfg: TrainConfig) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device:
-        device = torch.device(cfg.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    return _Dist(rank, world, local, device, owns)
-
-
-def _all_reduce_sum(values: list[float], d: _Dist) -> list[float]:
-    if d.world_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=d.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
     amp_dtype=None,
-    d: _Dist | None = None,
+    d: DistInfo | None = None,
     channels_last: bool = False,
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) over the loader; summed over ranks when distributed."""
-    d = d or _Dist(device=device)
+    d = d or DistInfo(device=device)
     was_training = model.training
     model.eval()
     loss_sum = top1 = top5 = n = 0.0
@@ -146,7 +105,7 @@ def evaluate(
         top5 += hits.any(dim=-1).sum().item()
         n += len(y)
     model.train(was_training)
-    loss_sum, top1, top5, n = _all_reduce_sum([loss_sum, top1, top5, n], d)
+    loss_sum, top1, top5, n = all_reduce_sum([loss_sum, top1, top5, n], d)
     n = max(n, 1.0)
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
 
@@ -167,36 +126,6 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         # The model's own filter maps official layouts, and a classifier of another size is dropped (fine-tuning).
         kwargs["pretrained_cfg_overlay"] = dict(file=cfg.initial_checkpoint)
     return timm.create_model(cfg.model, pretrained=bool(cfg.initial_checkpoint), **kwargs)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-    return rows
-
-
-def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _check_resume(ckpt: Checkpoint, cfg: TrainConfig, classes: list[str], steps_per_epoch: int, global_batch: int):
@@ -232,7 +161,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
     train_split, val_split = scan_dataset(cfg.data_dir, cfg.train_split, cfg.val_split)
     classes = train_split.classes
-    d = _setup_distributed(cfg)
+    d = setup_distributed(cfg.device)
     try:
         return _train(cfg, d, train_split, val_split, classes)
     finally:
@@ -249,7 +178,7 @@ class _Run:
     """
 
     cfg: TrainConfig
-    d: _Dist
+    d: DistInfo
     out: Path
     classes: list[str]
     module: nn.Module
@@ -279,7 +208,7 @@ class _Run:
         return self.cfg.global_batch(self.d.world_size)
 
 
-def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str]) -> TrainResult:
+def _train(cfg: TrainConfig, d: DistInfo, train_split, val_split, classes: list[str]) -> TrainResult:
     """Build the run, resume it if asked, wrap it for DDP, train the remaining epochs, write the final weights."""
     run = _build_run(cfg, d, train_split, val_split, classes)
     start_epoch, start_batch = _resume(run)
@@ -302,7 +231,7 @@ def _train(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str
     return TrainResult(run.out, run.module, ema, classes, run.global_step, metrics)
 
 
-def _build_run(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list[str]) -> _Run:
+def _build_run(cfg: TrainConfig, d: DistInfo, train_split, val_split, classes: list[str]) -> _Run:
     """Seed, then build the model, data loaders, optimizer, LR scheduler, AMP scaler, EMA and loss.
 
     The seed comes first so that the initial weights depend on it alone (the loaders draw from their own generators,
@@ -357,7 +286,7 @@ def _build_run(cfg: TrainConfig, d: _Dist, train_split, val_split, classes: list
 
 
 def _build_loaders(
-    cfg: TrainConfig, d: _Dist, model: nn.Module, train_split, val_split
+    cfg: TrainConfig, d: DistInfo, model: nn.Module, train_split, val_split
 ) -> tuple[DataLoader, ResumableSampler, DataLoader | None, int]:
     """The train loader (its resumable sampler reads this rank's stride), the val loader (None without a val split)
     and the image size; resize, crop, mean and std come from the model's ``pretrained_cfg`` unless ``cfg`` sets them.
@@ -398,7 +327,7 @@ def _build_loaders(
     return train_loader, sampler, val_loader, img_size
 
 
-def _place_model(cfg: TrainConfig, d: _Dist, model: nn.Module) -> nn.Module:
+def _place_model(cfg: TrainConfig, d: DistInfo, model: nn.Module) -> nn.Module:
     """Move the model to the device; gradient checkpointing, channels_last and SyncBN (CUDA, several processes)."""
     model.to(d.device)
     if cfg.grad_checkpointing:
@@ -482,8 +411,8 @@ def _resume(run: _Run) -> tuple[int, int]:
     )
     if d.main:  # drop log lines the killed run wrote after this checkpoint
         for name in ("steps.jsonl", "metrics.jsonl"):
-            rows = _read_jsonl(run.out / name)
-            _rewrite_jsonl(run.out / name, [r for r in rows if r.get("step", 0) <= run.global_step])
+            rows = read_jsonl(run.out / name)
+            rewrite_jsonl(run.out / name, [r for r in rows if r.get("step", 0) <= run.global_step])
     return start_epoch, start_batch
 
 
@@ -532,7 +461,7 @@ def _start_logging(run: _Run) -> None:
 def _train_epochs(run: _Run, start_epoch: int, start_batch: int) -> list[dict[str, Any]]:
     """Train from batch ``start_batch`` of epoch ``start_epoch`` to the end; after each epoch record its metrics and
     write a checkpoint. Returns the metric rows of the epochs trained here."""
-    metrics_rows = _read_jsonl(run.out / "metrics.jsonl") if run.d.main else []  # earlier invocations' rows too
+    metrics_rows = read_jsonl(run.out / "metrics.jsonl") if run.d.main else []  # earlier invocations' rows too
     new_metrics: list[dict[str, Any]] = []
     run.model.train()
     for epoch in range(start_epoch, run.cfg.epochs):
@@ -628,7 +557,7 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, epoch: int, i: int)
 def _log_step(run: _Run, epoch: int, step_in_epoch: int, loss: float) -> None:
     """Average the step's loss over ranks (every rank takes part); rank 0 appends it and the lr to ``steps.jsonl``
     and tensorboard."""
-    mean_loss = _all_reduce_sum([loss], run.d)[0] / run.d.world_size
+    mean_loss = all_reduce_sum([loss], run.d)[0] / run.d.world_size
     if not run.d.main:
         return
     row = {
@@ -650,7 +579,7 @@ def _epoch_metrics(run: _Run, epoch: int) -> dict[str, Any]:
     val loss, top-1 and top-5 of the model and, with an EMA, of the EMA."""
     cfg, d = run.cfg, run.d
     row: dict[str, Any] = {"epoch": epoch + 1, "step": run.global_step}
-    tl = _all_reduce_sum([run.epoch_loss[0], float(run.epoch_loss[1])], d)
+    tl = all_reduce_sum([run.epoch_loss[0], float(run.epoch_loss[1])], d)
     row["train_loss"] = tl[0] / max(tl[1], 1.0)
     row["lr"] = run.optimizer.param_groups[0]["lr"]
     last_epoch = epoch + 1 == cfg.epochs
@@ -666,8 +595,8 @@ def _epoch_metrics(run: _Run, epoch: int) -> dict[str, Any]:
 def _log_epoch(run: _Run, row: dict[str, Any], metrics_rows: list[dict[str, Any]]) -> None:
     """Rank 0: rewrite ``metrics.jsonl`` and ``metrics.csv`` with all rows so far, add the epoch's row to
     tensorboard and log it."""
-    _rewrite_jsonl(run.out / "metrics.jsonl", metrics_rows)
-    _write_csv(run.out / "metrics.csv", metrics_rows)
+    rewrite_jsonl(run.out / "metrics.jsonl", metrics_rows)
+    write_csv(run.out / "metrics.csv", metrics_rows)
     if run.writer is not None:
         for k, v in row.items():
             if k not in ("epoch", "step"):

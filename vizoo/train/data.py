@@ -212,7 +212,7 @@ def build_eval_transform(
     )
 
 
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed that depends on (seed, epoch, index) only."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1)[0])
 
@@ -261,7 +261,7 @@ class ImageFolderDataset(Dataset):
         index, epoch = item if isinstance(item, tuple) else (item, 0)
         image, label = self._load(index)
         if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(_sample_seed(self.seed, epoch, index))
+            self.transform.set_random_seed(sample_seed(self.seed, epoch, index))
         return self.transform(image=image)["image"], label
 
 

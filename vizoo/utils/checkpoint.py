@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -122,3 +123,12 @@ def check_state_dict(
                 parts.append(f"  {len(keys)} {title}: {shown}")
         parts.append("Is it a checkpoint of this variant? Pick the matching model name, or pass pretrained=False.")
         raise CheckpointError("\n".join(parts))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file as hex, read in chunks (checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,9 +13,8 @@ model = dict(
         type="VizooBackbone",
         model_name="vmamba_tiny_s1l8",
         out_indices=(0, 1, 2, 3),
-        # ImageNet weights: init_cfg=dict(type="Pretrained", checkpoint="path/to/vssm_tiny.pth"), a local file; an
-        # official checkpoint is converted, and any key that does not fit raises an error naming it.
-        init_cfg=None,
+        # Each config sets init_cfg=dict(type="Pretrained", checkpoint=ADDRESS): the official ImageNet weights of its
+        # model (a URL, hf-hub:ORG/REPO/FILE or a local file), converted and loaded strictly (tools/mm_pretrained_configs.py).
     ),
     neck=dict(type="FPN", in_channels=[96, 192, 384, 768], out_channels=256, num_outs=5),
     rpn_head=dict(

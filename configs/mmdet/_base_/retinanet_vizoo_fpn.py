@@ -8,7 +8,8 @@ model = dict(
         bgr_to_rgb=True,
         pad_size_divisor=32,
     ),
-    backbone=dict(type="VizooBackbone", model_name="vmamba_tiny_s1l8", out_indices=(1, 2, 3), init_cfg=None),
+    # Each config sets the backbone's init_cfg: its model's official ImageNet weights (tools/mm_pretrained_configs.py).
+    backbone=dict(type="VizooBackbone", model_name="vmamba_tiny_s1l8", out_indices=(1, 2, 3)),
     neck=dict(
         type="FPN",
         in_channels=[192, 384, 768],

@@ -18,8 +18,8 @@ model = dict(
         type="VizooBackbone",
         model_name="vmamba_tiny_s1l8",
         out_indices=(0, 1, 2, 3),
-        # ImageNet weights: init_cfg=dict(type="Pretrained", checkpoint="path/to/vssm_tiny.pth"), a local file.
-        init_cfg=None,
+        # Each config sets init_cfg=dict(type="Pretrained", checkpoint=ADDRESS): the official ImageNet weights of its
+        # model (a URL, hf-hub:ORG/REPO/FILE or a local file), converted and loaded strictly (tools/mm_pretrained_configs.py).
     ),
     decode_head=dict(
         type="UPerHead",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.cross_scan import route_order
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
@@ -27,6 +27,7 @@ BACKENDS = {
 }
 
 
+@fp32_under_autocast
 def cross_selective_scan(
     x: torch.Tensor,
     delta: torch.Tensor | None,
@@ -46,7 +47,8 @@ def cross_selective_scan(
 
     Equal to ``cross_merge(selective_scan(cross_scan(x), delta, A, B, C, D, ...))`` with route k owning the scan
     channels ``k·d .. (k+1)·d`` and B/C group k. The Triton path reads x along each route and writes the merged sum,
-    so the four route copies of x and of the output are never materialised. Accumulation is fp32.
+    so the four route copies of x and of the output are never materialised. Accumulation is fp32, and
+    under autocast the whole call (the projections too) computes in fp32 (``fp32_under_autocast``).
 
     Args:
         x: (b, d, h, w) map, any strides (pass ``x.permute(0, 3, 1, 2)`` for channel-last data).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend
 from vizoo.kernels.linear_attention.reference import (
     additive_recurrence_reference,
     linear_attention_reference,
@@ -25,6 +25,7 @@ BACKENDS = {"reference": linear_attention_reference, "torch": linear_attention_t
 RECURRENCE_BACKENDS = {"reference": additive_recurrence_reference, "torch": additive_recurrence_torch}
 
 
+@fp32_under_autocast
 def linear_attention(
     q: Tensor,
     k: Tensor,
@@ -36,7 +37,7 @@ def linear_attention(
     backend: str | None = None,
     kv_scale: float | str | None = None,
 ) -> Tensor:
-    """Non-causal linear attention, accumulated in fp32 whatever the input dtype.
+    """Non-causal linear attention, accumulated in fp32 whatever the input dtype and under autocast.
 
     ``out_i = q_i·(Σ_j w_j k_jᵀ v_j) / (q_i·Σ_j w_j k_j + eps)``, or the numerator alone with ``normalize=False``
     (with per-token weights w that is VSSD's non-causal SSD, ``C·Σ_j Δ_j B_jᵀ x_j``). Feature maps (ELU+1, ReLU...)
@@ -72,6 +73,7 @@ def linear_attention(
     return impl(q, k, v, normalize, eps, cu_seqlens, weights)
 
 
+@fp32_under_autocast
 def additive_recurrence(
     q: Tensor,
     k: Tensor,
@@ -80,7 +82,7 @@ def additive_recurrence(
     cu_seqlens: Tensor | None = None,
     backend: str | None = None,
 ) -> Tensor:
-    """LightNet's additive linear recurrence ("You Only Scan Once", arXiv 2405.21022), fp32 inside.
+    """LightNet's additive linear recurrence ("You Only Scan Once", arXiv 2405.21022), fp32 inside, under autocast too.
 
     Per feature of k: z_t = logcumsumexp(k)_t, s_t = exp(z_{t-1} - z_t) s_{t-1} + exp(k_t - z_t) k-weighted v_t, so
     the state is a softmax-weighted (over tokens, per feature) sum of v: ``s_t = Σ_{j<=t} softmax_{j<=t}(k)_jᵀ v_j``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.selective_scan.chunked import selective_scan_chunked
 from vizoo.kernels.selective_scan.reference import selective_scan_reference
@@ -20,6 +20,7 @@ def selective_scan_triton(*args, **kwargs):
 BACKENDS = {"reference": selective_scan_reference, "torch": selective_scan_chunked, "triton": selective_scan_triton}
 
 
+@fp32_under_autocast
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -34,7 +35,8 @@ def selective_scan(
     backend: str | None = None,
     out_fp32: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selective scan (Mamba's S6, Gu & Dao 2023), accumulated in fp32 whatever the input dtype.
+    """Selective scan (Mamba's S6, Gu & Dao 2023), accumulated in fp32 whatever the input dtype and under
+    autocast (``fp32_under_autocast``).
 
     Args:
         u: (b, d, l) inputs.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import pick_backend
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.selective_scan.chunked import linear_recurrence, softplus
 
@@ -61,6 +61,7 @@ def selective_scan_states_macs(b: int, d: int, length: int, n: int) -> int:
     return 7 * b * length * d * n
 
 
+@fp32_under_autocast
 def selective_scan_states(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -70,7 +71,7 @@ def selective_scan_states(
     delta_softplus: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """All hidden states of Mamba's S6 recurrence, accumulated in fp32.
+    """All hidden states of Mamba's S6 recurrence, accumulated in fp32 (under autocast too).
 
     Args:
         u: (b, d, l) inputs.

@@ -1,0 +1,10 @@
+_base_ = "./_base_/retinanet_vizoo_fpn_1x_coco.py"
+# Windows of stages 3-4 as the official detection configs (NVlabs/MambaVision object_detection/configs/mamba_vision).
+model = dict(
+    backbone=dict(
+        model_name="mambavision_tiny",
+        window_size=(112, 56),
+        init_cfg=dict(type="Pretrained", checkpoint="hf-hub:nvidia/MambaVision-T-1K/mambavision_tiny_1k.pth.tar"),
+    ),
+    neck=dict(in_channels=[160, 320, 640]),
+)

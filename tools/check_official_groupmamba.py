@@ -1,0 +1,123 @@
+"""Check vizoo's GroupMamba against the official model (Amshaker/GroupMamba) on the CPU, at fp32.
+
+The official model is built from its own source (``classification/models/{groupmamba,ss2d,csms6s}.py``) with random
+weights, every parameter and BatchNorm statistic then moved off its init, and its state dict is loaded into vizoo's
+model through ``checkpoint_filter_fn`` (strictly). Both models classify the same random images in eval mode and the
+largest absolute difference of the logits is printed; the check fails above ``--tol``.
+
+The official code needs the CUDA extension ``selective_scan_cuda_core`` (its ``SelectiveScanCore`` calls
+``selective_scan_cuda_core.fwd``). This tool puts a module of that name in ``sys.modules`` whose ``fwd`` runs the
+official pure-PyTorch ``selective_scan_ref`` (read from ``kernels/selective_scan/test_selective_scan.py``, the function
+alone: that file's module body imports the CUDA extensions). Nothing else of the official code is replaced. The
+official code also needs ``einops``.
+
+    git clone https://github.com/Amshaker/GroupMamba
+    python tools/check_official_groupmamba.py --source GroupMamba --model groupmamba_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import sys
+import types
+from functools import partial
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import vizoo  # noqa: F401  (registers vizoo's models)
+from vizoo.backbones.groupmamba import checkpoint_filter_fn
+
+# The official factories' arguments (classification/models/groupmamba.py); test_groupmamba is vizoo's tiny variant.
+OFFICIAL_ARGS = {
+    "groupmamba_tiny": dict(stem_hidden_dim=32, embed_dims=[64, 128, 348, 448], depths=[3, 4, 9, 3]),
+    "groupmamba_small": dict(stem_hidden_dim=64, embed_dims=[64, 128, 348, 512], depths=[3, 4, 16, 3]),
+    "groupmamba_base": dict(stem_hidden_dim=64, embed_dims=[96, 192, 424, 512], depths=[3, 6, 21, 3]),
+    "test_groupmamba": dict(stem_hidden_dim=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 2, 1], mlp_ratios=[2] * 4),
+}
+
+
+def official_selective_scan_ref(source: Path):
+    """The official ``selective_scan_ref``, compiled from its file without running the file's module body."""
+    path = source / "kernels" / "selective_scan" / "test_selective_scan.py"
+    tree = ast.parse(path.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "selective_scan_ref")
+    from einops import rearrange, repeat
+
+    namespace = dict(torch=torch, F=F, rearrange=rearrange, repeat=repeat)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["selective_scan_ref"]
+
+
+def import_official(source: Path) -> types.ModuleType:
+    """The official ``groupmamba`` module, with ``selective_scan_cuda_core`` served by the reference scan and timm's
+    ``register_model`` disabled while it imports (its model names would replace vizoo's in timm's registry)."""
+    ref = official_selective_scan_ref(source)
+    core = types.ModuleType("selective_scan_cuda_core")
+
+    def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, nrows):
+        out = ref(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+        return out, None
+
+    core.fwd = fwd
+    sys.modules["selective_scan_cuda_core"] = core
+    sys.path.insert(0, str(source / "classification" / "models"))
+    registry = importlib.import_module("timm.models.registry")
+    register = registry.register_model
+    registry.register_model = lambda fn: fn
+    try:
+        return importlib.import_module("groupmamba")
+    finally:
+        registry.register_model = register
+
+
+@torch.no_grad()
+def perturb(model: nn.Module, seed: int) -> None:
+    """Move every parameter and BatchNorm statistic off its init, so a mis-mapped tensor changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
+
+
+def check(source: Path, name: str, img_size: int, batch: int = 2, seed: int = 0) -> float:
+    """Max |official - vizoo| of the eval logits of ``name`` on ``batch`` random images of ``img_size``²."""
+    official_module = import_official(source)
+    torch.manual_seed(seed)
+    args = dict(dict(mlp_ratios=[8, 8, 4, 4], norm_layer=partial(nn.LayerNorm, eps=1e-6)), **OFFICIAL_ARGS[name])
+    official = official_module.GroupMamba(**args).eval()
+    perturb(official, seed)
+    model = timm.create_model(name).eval()
+    state = checkpoint_filter_fn(official.state_dict(), model)
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        return (official(x) - model(x)).abs().max().item()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, required=True, help="a checkout of github.com/Amshaker/GroupMamba")
+    parser.add_argument("--model", default="groupmamba_tiny", choices=sorted(OFFICIAL_ARGS))
+    parser.add_argument("--img-size", type=int, default=224, help="input height and width (a multiple of 32)")
+    parser.add_argument("--tol", type=float, default=1e-4, help="largest allowed max abs difference of the logits")
+    args = parser.parse_args(argv)
+    if not (args.source / "classification" / "models" / "groupmamba.py").is_file():
+        parser.error(f"{args.source} is not a GroupMamba checkout (no classification/models/groupmamba.py)")
+    diff = check(args.source, args.model, args.img_size)
+    ok = diff <= args.tol
+    verdict = "ok" if ok else "FAIL"
+    print(f"{args.model} at {args.img_size}x{args.img_size}: max abs logit difference {diff:.3e} ({verdict})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
