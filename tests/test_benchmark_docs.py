@@ -93,6 +93,13 @@ def _synthetic_results(folder: Path, load_tool) -> None:
     ]
     models = {"vmamba (triton)": dict(inference=300.0), "swin_tiny_patch4_window7_224": dict(inference=200.0)}
     gpu.write_results(folder, "cpu16-h100", rows, models, copy=1000.0)
+    speed = load_tool("benchmark_cpu_speed")
+    columns = [*speed.COLUMNS, *speed.ratio_columns(list(speed.MODES), ["swin_tiny_patch4_window7_224"])]
+    w = ResultsWriter(folder / "cpu_speed_cpu4.csv", columns, command="python speed")
+    swin = dict(model="swin_tiny_patch4_window7_224", role="baseline", family="timm", size=224, eager_b1_ms=100.0)
+    w.write(dict(swin, compiled_b1_ms=50.0, eager_b1_vs_swin_tiny_patch4_window7_224=1.0))
+    net = dict(model="ssm", role="model", family="vmamba", size=224, eager_b1_ms=150.0, compiled_b1_ms=75.0)
+    w.write(dict(net, compile_s=30.0, eager_b1_vs_swin_tiny_patch4_window7_224=1.5, error="ort_b1: ValueError: no"))
 
 
 def test_every_kind_of_results_file_renders(docs, load_tool, tmp_path):
@@ -110,6 +117,7 @@ def test_every_kind_of_results_file_renders(docs, load_tool, tmp_path):
         "## GPU kernels (cpu16-h100)",
         "## Models on GPU (cpu16-h100)",
         "## Training memory (cpu2)",
+        "## CPU speed: eager, training, compiled, onnxruntime (cpu4)",
     ]
     lines = text.splitlines()
     fast = next(line for line in lines if line.startswith("| fast_net |"))
@@ -125,7 +133,9 @@ def test_every_kind_of_results_file_renders(docs, load_tool, tmp_path):
     assert "| scan | b=1 | 10.0x |" in text
     assert "| scan | 1 | triton | 4.0x | 70% | 50% |" in text
     assert "| vmamba (triton) | 1.50x | 300 |" in text
-    assert "| vanilla_vmamba_tiny | train | 1 | 224² | recompute | ok | 0.32x | 0.08x | 0.89x |" in text
+    assert "| vanilla_vmamba_tiny | train | 1 | 224² | recompute | ok | " in text
+    assert "| ssm | vmamba | 224² | 1.50x |" in text and "| ssm | 150.0 | 75.0 | 30 | 2.00x |" in text
+    assert "- not measured: ssm: ort_b1: ValueError: no" in text
     assert set(plots) == {
         "latency_resolution_cpu4.png",
         "onnx_cpu4.png",

@@ -91,7 +91,7 @@ def parity_result(tool, tiny):
 def test_parity_passes_on_every_case_in_both_dtypes(parity_result):
     rows = parity_result["rows"]
     assert parity_result["passed"] and all(r["passed"] for r in rows)
-    assert {r["dtype"] for r in rows} == {"fp32", "bf16"} and len(rows) == 18
+    assert {r["dtype"] for r in rows} == {"fp32", "bf16"} and len(rows) == 20
     scan = next(r for r in rows if r["case"] == "selective_scan vim n=16 gated" and r["dtype"] == "fp32")
     assert set(scan["grads"]) == {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"}
     assert 0 < scan["out"] < 1e-5
@@ -120,7 +120,7 @@ def test_parity_fails_when_a_kernel_is_off_by_one_percent(tool, tiny, monkeypatc
 
 def test_sweep_finds_kernels_finite_and_catches_an_overflow(tool, tiny, monkeypatch):
     result = tool.overflow_sweep(tiny, DEVICE)
-    assert result["passed"] and len(result["rows"]) == 9
+    assert result["passed"] and len(result["rows"]) == 10
     assert all(not r["triton_only_nonfinite"] for r in result["rows"])
     _first_case_only(tool, monkeypatch)
     _wrong_triton_scan(monkeypatch, lambda y: torch.where(y.abs() > 50, float("inf"), y))

@@ -2,7 +2,7 @@
 two timed in turn, one pass each, so that load on a shared machine falls on both alike).
 
 python tools/benchmark.py            # selective scan and cross-scan at VMamba stage-1 shapes (L = 56 x 56),
-                                     # linear attention at MLLA-T stage 1 (3136 tokens)
+                                     # linear attention at MLLA-T stage 1 (3136 tokens), Bi-WKV at Vision-RWKV-T (196)
 python tools/benchmark.py --quick    # fewer repeats
 python tools/benchmark.py --threads 1  # torch CPU threads (default: torch's choice)
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vizoo.kernels import cross_merge, cross_scan, linear_attention, selective_scan
+from vizoo.kernels import bi_wkv, cross_merge, cross_scan, linear_attention, selective_scan
 from vizoo.utils.results import ResultsWriter, command_line, results_path
 
 COLUMNS = ("kernel", "shape", "repeats", "reference_ms", "torch_ms", "speedup")
@@ -102,6 +102,15 @@ def bench_linear_attention(repeats: int):
         yield "linear_attention", shape, times
 
 
+def bench_bi_wkv(repeats: int):
+    """Vision-RWKV-T's Bi-WKV (14 x 14 tokens of 192 channels at 224², w and u divided by T), a batch of 8."""
+    w, u = torch.randn(192) / 196, torch.randn(192) / 196
+    k, v = torch.randn(8, 196, 192), torch.randn(8, 196, 192)
+    with torch.no_grad():
+        times = timeit({b: partial(bi_wkv, w, u, k, v, backend=b) for b in BACKENDS}, repeats)
+    yield "bi_wkv", "b=8 t=14x14 c=192 (Vision-RWKV-T)", times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; median of {repeats} runs", flush=True)
     print(f"{'kernel':<24} {'shape':<52} {'reference ms':>12} {'torch ms':>9} {'speed-up':>9}", flush=True)
     for op, shape, times in itertools.chain(
-        bench_selective_scan(repeats), bench_cross_scan(repeats), bench_linear_attention(repeats)
+        bench_selective_scan(repeats), bench_cross_scan(repeats), bench_linear_attention(repeats), bench_bi_wkv(repeats)
     ):
         ratio = times["reference"] / times["torch"]
         print(f"{op:<24} {shape:<52} {times['reference'] * 1e3:>12.1f} {times['torch'] * 1e3:>9.1f} {ratio:>8.1f}x")

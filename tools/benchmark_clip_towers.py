@@ -37,6 +37,7 @@ import timm
 import torch
 
 import vizoo
+from vizoo.export.onnx import onnx_runner
 from vizoo.export.timing import interleaved_times_ms
 from vizoo.multimodal import TEXT_PRESETS, create_clip, export_image_encoder, native_features_fmt
 from vizoo.utils.results import ResultsWriter, command_line, results_path
@@ -100,17 +101,6 @@ def tokens_per_image(trunk: torch.nn.Module, size: int) -> int:
     return int(h * w)
 
 
-def ort_runner(path: Path, x: torch.Tensor, threads: int):
-    """A callable running the graph at ``path`` on ``x`` in onnxruntime (CPU) with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
 def measure_size(
     names: dict[str, str], size: int, batch: int, rounds: int, onnx: bool, tmp: Path
 ) -> list[dict[str, object]]:
@@ -130,7 +120,7 @@ def measure_size(
             if onnx:
                 result = export_image_encoder(model, tmp / f"{name}_{size}.onnx", image_size=size)
                 row["parity"] = result.max_abs_diff
-                runners.append(ort_runner(result.path, x, torch.get_num_threads()))
+                runners.append(onnx_runner(result.path, x, torch.get_num_threads()))
                 owners.append((row, "ort"))
         except Exception as error:  # a tower that cannot take this size is recorded, not fatal
             row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"

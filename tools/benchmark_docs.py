@@ -29,6 +29,7 @@ REFERENCE = "deit_small_patch16_224"  # the latency-against-resolution baseline
 SHORT = {
     "deit_small_patch16_224": "DeiT-S",
     "swin_tiny_patch4_window7_224": "Swin-T",
+    "convnext_tiny": "ConvNeXt-T",
     "deit_tiny_patch16_224": "DeiT-Ti",
     "vit_small_patch16_224": "ViT-S/16",
     "vit_base_patch16_224": "ViT-B/16",
@@ -688,6 +689,82 @@ def memory_section(path: Path, rows: list[Row]) -> Section:
     return Section(f"Training memory ({where})", lines)
 
 
+# -------------------------------------------------------------------------------------------------------- CPU speed
+
+CPU_MODES = {
+    "eager_b1": "eager b1",
+    "eager_b8": "eager b8",
+    "train_b2": "train step b2",
+    "compiled_b1": "compiled b1",
+    "ort_b1": "ORT b1",
+}
+
+
+def cpu_speed_section(path: Path, rows: list[Row]) -> Section:
+    """Per model and mode, the latest run that timed it: milliseconds, and the ratio to each baseline's milliseconds
+    in that mode and run (``<mode>_vs_<baseline>``)."""
+    where = split_name(path)[1]
+    baselines = list(dict.fromkeys(c.split("_vs_", 1)[1] for c in rows[0] if "_vs_" in c))
+    models = list(dict.fromkeys(r["model"] for r in sorted(rows, key=lambda r: r["role"] != "baseline")))
+    latest: dict[tuple[str, str], Row] = {}
+    for r in rows:  # rows are in run order: later runs win
+        for mode in CPU_MODES:
+            if num(r, f"{mode}_ms") is not None:
+                latest[(r["model"], mode)] = r
+    modes = [m for m in CPU_MODES if any((model, m) in latest for model in models)]
+    used_runs = {r["run"] for r in latest.values()}
+    ratios, times, errors = [], [], []
+    for model in models:
+        cells = {m: latest.get((model, m)) for m in modes}
+        first = next((r for r in cells.values() if r), None)
+        last = [r for r in rows if r["model"] == model][-1]
+        if last.get("error"):
+            errors.append(f"{model}: {last['error']}")
+        if first is None:
+            continue
+        label = f"{short(model)} (baseline)" if first["role"] == "baseline" else model
+        ratio_cells = [
+            fmt(num(cells[m], f"{m}_vs_{b}"), suffix="x") if cells[m] else "" for b in baselines for m in modes
+        ]
+        ratios.append([label, first["family"], f"{first['size']}²", *ratio_cells])
+        compiled = cells.get("compiled_b1")
+        ort = cells.get("ort_b1")
+        parity = num(ort, "parity") if ort else None
+        speedup = ""  # eager over compiled milliseconds, both from the compiled run
+        if compiled and num(compiled, "eager_b1_ms") and num(compiled, "compiled_b1_ms"):
+            speedup = fmt(num(compiled, "eager_b1_ms") / num(compiled, "compiled_b1_ms"), suffix="x")
+        times.append(
+            [
+                label,
+                *[fmt_ms(num(cells[m], f"{m}_ms")) if cells[m] else "" for m in modes],
+                fmt(num(compiled, "compile_s"), 0) if compiled else "",
+                speedup,
+                f"{parity:.1e}" if parity is not None else "",
+            ]
+        )
+    ratio_header = ["model", "family", "input", *[f"{CPU_MODES[m]} vs {short(b)}" for b in baselines for m in modes]]
+    time_header = ["model", *[f"{CPU_MODES[m]} ms" for m in modes], "compile s", "compile speed-up", "ORT parity"]
+    lines = [
+        "CPU latency as a user meets it, every model at its own default input size with random weights: eager "
+        "inference at batch 1 and 8, a training step at batch 2 (forward, cross-entropy, backward, AdamW step), "
+        "`torch.compile` (inductor) at batch 1 and onnxruntime at batch 1. Each mode times all models in turn, "
+        "round after round; a ratio is the model's milliseconds over the baseline's in the same mode and run "
+        "(< 1: faster than the baseline).",
+        "",
+        *table(ratio_header, ratios, [False, False, True, *[True] * (len(ratio_header) - 3)], drop_empty=True),
+        "",
+        "Milliseconds (median pass). For the compiled mode: the seconds of the first call (compilation included) "
+        "and the speed-up, eager over compiled milliseconds at batch 1 in the same run. ORT parity: the max abs "
+        "difference of the exported logits from eager on photographs.",
+        "",
+        *table(time_header, times, [False, *[True] * (len(time_header) - 1)], drop_empty=True),
+        "",
+        *([f"- not measured: {e}" for e in errors] + [""] if errors else []),
+        *provenance(path, rows, used_runs),
+    ]
+    return Section(f"CPU speed: eager, training, compiled, onnxruntime ({where})", lines)
+
+
 # ------------------------------------------------------------------------------------------------------------ page
 
 RENDERERS = {  # results file <what> -> section, in page order
@@ -699,6 +776,7 @@ RENDERERS = {  # results file <what> -> section, in page order
     "gpu_kernels": gpu_kernels_section,
     "gpu_models": gpu_models_section,
     "memory": memory_section,
+    "cpu_speed": cpu_speed_section,
 }
 MEASURED_BY = {
     "latency_resolution": "`vizoo bench MODEL ... --results`",
@@ -709,6 +787,7 @@ MEASURED_BY = {
     "gpu_kernels": "`python tools/benchmark_kernels.py`",
     "gpu_models": "`python tools/benchmark_kernels.py`",
     "memory": "`python tools/benchmark_memory.py`",
+    "cpu_speed": "`python tools/benchmark_cpu_speed.py`",
 }
 
 

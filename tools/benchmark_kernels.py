@@ -3,7 +3,8 @@
 Kernels at VMamba-T stage-1 shapes (batch 128, d = 192 per route, four routes of 56 x 56 steps, d_state 1 and 16,
 bf16 data): forward, backward and forward+backward times; achieved bandwidth (bytes of the op's inputs and outputs
 over the time) and its ratio to a device-to-device copy timed in the same run; speed-up over the "torch" path; peak
-memory. The fused cross_selective_scan is also timed against the same three Triton kernels unfused. Models:
+memory. The fused cross_selective_scan is also timed against the same three Triton kernels unfused, and bi_wkv at
+Vision-RWKV-T's shape (14 x 14 tokens of d = 192, the tokens being SIDE / 4 on a side). Models:
 vmamba_tiny_s1l8 inference and training images/s on the Triton and the torch backend, and swin_tiny_patch4_window7_224
 in the same run (bf16 autocast, batch 128, 224²).
 
@@ -116,7 +117,7 @@ def unfused_triton(x, delta, A, B, C, D, delta_bias):
 
 def kernel_cases(n: int, dtype: torch.dtype, device: str = "cuda"):
     """(op, backend, function of the inputs, inputs) rows to time."""
-    from vizoo.kernels import cross_merge, cross_scan, cross_selective_scan, selective_scan
+    from vizoo.kernels import bi_wkv, cross_merge, cross_scan, cross_selective_scan, selective_scan
 
     scan = scan_inputs(n, dtype, device)
     fused = fused_inputs(n, dtype, device)
@@ -142,6 +143,15 @@ def kernel_cases(n: int, dtype: torch.dtype, device: str = "cuda"):
             yield "cross_scan", backend, lambda x, backend=backend: cross_scan(x, backend=backend), dict(x=x)
             merge = lambda y, backend=backend: cross_merge(y.unflatten(-1, (SIDE, SIDE)), backend=backend)  # noqa: E731
             yield "cross_merge", backend, merge, dict(y=y)
+        tokens = max(SIDE // 4, 1) ** 2
+        wkv = dict(
+            w=torch.randn(D, device=device) / tokens,
+            u=torch.randn(D, device=device) / tokens,
+            k=torch.randn(BATCH, tokens, D, device=device, dtype=dtype),
+            v=torch.randn(BATCH, tokens, D, device=device, dtype=dtype),
+        )
+        for backend in ("triton", "torch"):
+            yield "bi_wkv", backend, lambda backend=backend, **t: bi_wkv(**t, backend=backend), wkv
 
 
 def time_kernel(op: str, n: int, backend: str, fn, inputs: dict, repeats: int) -> Row:

@@ -5,8 +5,8 @@ turn, each in its own try, and the JSON file is rewritten after each one, so a s
 still leaves what was measured. Sections, in the order they run:
 
   parity    Triton against the torch path at real layer sizes (VMamba-T stage 1, vanilla VMamba's d_state 16,
-            Vim-S with its gate, MLLA-T stage 1, VSSD's shared-head form, packed sequences): outputs and every input's
-            gradient, fp32 and bf16, as the largest difference relative to the largest value.
+            Vim-S with its gate, MLLA-T stage 1, VSSD's shared-head form, packed sequences, Vision-RWKV-T's Bi-WKV):
+            outputs and every input's gradient, fp32 and bf16, as the largest difference relative to the largest value.
   sweep     the same ops in bf16 on inputs scaled x100: Triton's outputs and gradients must be finite wherever the
             torch path's are.
   tests     pytest tests/kernels on CUDA (the kernel tests pick the GPU when there is one), with a JUnit summary.
@@ -56,6 +56,7 @@ import benchmark_kernels  # noqa: E402
 
 import vizoo  # noqa: E402,F401  (registers the models)
 from vizoo.kernels import (  # noqa: E402
+    bi_wkv,
     cross_merge,
     cross_scan,
     cross_selective_scan,
@@ -187,6 +188,12 @@ def kernel_cases(sizes: Sizes, dtype: torch.dtype, device: str, scale: float = 1
         "linear_attention packed",
         lambda backend, **t: linear_attention(**t, cu_seqlens=cu, backend=backend),
         dict(packed, v=data(1, h, total, d)),
+    )
+    tokens = max(side // 4, 2) ** 2  # Vision-RWKV-T: 16-pixel patches, 14 x 14 tokens of 192 channels at 224²
+    yield Case(
+        "bi_wkv vrwkv",
+        lambda backend, **t: bi_wkv(**t, backend=backend),
+        dict(w=param(c) / tokens, u=param(c) / tokens, k=data(sizes.batch, tokens, c), v=data(sizes.batch, tokens, c)),
     )
 
 

@@ -50,8 +50,16 @@ _FX = (
 # timm's test, which permutes only when the shapes differ, compares NHWC against NCHW; the values match once permuted.
 _NHWC_SHAPE = "forward_features is NHWC (B, 16, 16, 16), shaped like the NCHW tap, so timm's test does not permute"
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("test_model_default_cfgs", "*vim*"): "Vim's forward_features is a token sequence (B, N + 1, C); timm's standard "
-    "cfg test checks 2-D maps only (timm sends its own ViTs to test_model_default_cfgs_non_std, by name)",
+    **{
+        ("test_model_default_cfgs", pattern): "Vim's forward_features is a token sequence (B, N + 1, C); timm's "
+        "standard cfg test checks 2-D maps only (timm sends its own ViTs to test_model_default_cfgs_non_std, by name)"
+        for pattern in ("vim_*", "test_vim")
+    },
+    **{
+        ("test_model_default_cfgs", pattern): "Vision-RWKV's forward_features is a token sequence (B, N, C), as "
+        "timm's ViTs give; timm's standard cfg test checks 2-D maps only"
+        for pattern in ("vrwkv_*", "test_vrwkv")
+    },
     ("test_model_forward_torchscript", "*"): "timm's TorchScript check: vizoo's models are not scriptable (exported "
     "through ONNX instead, vizoo.export)",
     ("test_model_forward_fx", "*"): _FX,

@@ -222,7 +222,7 @@ NNAPI_LACKS = {
 }  # fmt: skip
 MOBILE_WHOLE_ON_NNAPI = [
     "test_vmamba", "test_mala", "test_mlla", "test_vssd", "test_spatial_mamba", "test_pvt_v2_ecoformer",
-    "test_mobilemamba", "test_mambavision", "test_groupmamba",
+    "test_mobilemamba", "test_mambavision", "test_groupmamba", "test_efficient_vim", "test_vrwkv",
 ]  # fmt: skip
 
 

@@ -177,10 +177,15 @@ def test_chunk_size_divides_the_length_where_it_can(length, size):
     assert chunk_size(length) == size
 
 
-def test_softplus_matches_torch_for_any_input():
-    """The export-friendly softplus against float64 ``F.softplus``: values to 1e-6 absolute from -1e4 to 1e4 (finite at
-    +-1e30), gradients to 1e-6, including sigmoid(0) = 1/2 at 0 where ``abs`` alone would give 0."""
+@pytest.mark.parametrize("exporting", [False, True], ids=["eager", "export"])
+def test_softplus_matches_torch_for_any_input(monkeypatch, exporting):
+    """Both forms of softplus (torch's op, and the export-friendly composite) against float64 ``F.softplus``: values
+    to 1e-6 absolute from -1e4 to 1e4 (finite at +-1e30), gradients to 1e-6, including sigmoid(0) = 1/2 at 0 where
+    ``abs`` alone would give 0."""
+    from vizoo.kernels.selective_scan import chunked
     from vizoo.kernels.selective_scan.chunked import softplus
+
+    monkeypatch.setattr(chunked, "is_exporting", lambda: exporting)
 
     x = torch.cat([torch.linspace(-60, 60, 24001), torch.tensor([-1e4, -100.0, 0.0, 100.0, 1e4])]).requires_grad_(True)
     y = softplus(x)
@@ -190,3 +195,77 @@ def test_softplus_matches_torch_for_any_input():
     torch.testing.assert_close(x.grad.double(), torch.sigmoid(x.detach().double()), rtol=0, atol=1e-6)
     assert x.grad[x.detach() == 0].item() == 0.5
     assert torch.isfinite(softplus(torch.tensor([-1e30, 1e30]))).all()
+
+
+def spy_stepwise(monkeypatch):
+    """Count the calls of the stepwise CPU loop (``selective_scan.stepwise``) and let it run whatever the state size."""
+    from vizoo.kernels.selective_scan import chunked, stepwise
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return stepwise.scan_stepwise(*args, **kwargs)
+
+    monkeypatch.setattr(stepwise, "STEPWISE_MIN_STATE", 0)
+    monkeypatch.setattr(chunked, "scan_stepwise", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "b,d,length,n,g,dtype",
+    [
+        (1, 64, 37, 16, 1, torch.float32),
+        (2, 48, 50, 8, 3, torch.float32),
+        (1, 32, 1, 64, 2, torch.float32),
+        (2, 40, 23, 16, 4, torch.bfloat16),
+    ],
+)
+def test_stepwise_inference_path_matches_reference(monkeypatch, b, d, length, n, g, dtype):
+    """Without autograd, n > 1 on the CPU runs the stepwise loop: values and last state equal the reference's (odd
+    lengths, one step, groups, batch 1, bf16, non-contiguous u)."""
+    calls = spy_stepwise(monkeypatch)
+    torch.manual_seed(0)
+    u, delta, A, B, C, D, z, bias = make_inputs(b, d, length, n, g, dtype)
+    u = u.transpose(1, 2).contiguous().transpose(1, 2)  # same values, channel-last strides
+    inputs = (u, delta, A, B, C, D, z, bias)
+    with torch.no_grad():
+        y, h = run("torch", inputs, last_state=True)
+    y_ref, h_ref = run("reference", inputs, last_state=True)
+    assert calls == [(b, d, length)]
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+    assert y.dtype == dtype and h.dtype == torch.float32
+
+
+def test_training_forward_runs_stepwise_and_gradients_match_reference(monkeypatch):
+    """With autograd, the forward of the recomputed scan runs the stepwise loop (it keeps no graph); the backward
+    still differentiates the blocked scan: gradients equal the reference's."""
+    calls = spy_stepwise(monkeypatch)
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 12, 29, 16, 3)
+    grads = {}
+    for backend in ("torch", "reference"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        y = run(backend, leaves)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=torch.float32)).view_as(y))
+        grads[backend] = [y.detach()] + [t.grad for t in leaves]
+    assert calls == [(2, 12, 29)]
+    for got, want in zip(grads["torch"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_stepwise_only_where_it_pays_and_nothing_traces(monkeypatch):
+    """The blocked scan runs for n = 1, for states below STEPWISE_MIN_STATE, and under compile or export."""
+    from vizoo.kernels.selective_scan.stepwise import STEPWISE_MIN_STATE, stepwise_applies
+
+    u, A16, A1 = torch.empty(1, 256, 10), torch.empty(256, 16), torch.empty(256, 1)
+    assert 256 * 16 >= STEPWISE_MIN_STATE > 8 * 16
+    assert stepwise_applies(u, A16)
+    assert not stepwise_applies(u, A1)
+    assert not stepwise_applies(torch.empty(1, 8, 10), torch.empty(8, 16))
+    for flag in ("is_compiling", "is_exporting"):
+        with monkeypatch.context() as m:
+            m.setattr(torch.compiler, flag, lambda: True)
+            assert not stepwise_applies(u, A16)

@@ -1,4 +1,6 @@
-"""What every hierarchical vizoo backbone shares: input checks and timm's model API over stem -> stages -> norm -> head.
+"""What vizoo's backbones share: input checks and timm's model API, over stem -> stages -> norm -> head for the
+hierarchical families (``StagedBackbone``) and over patch embedding -> blocks -> norm -> head for the plain ones
+(``PlainBackbone``).
 
 A family subclasses ``StagedBackbone``, builds ``stem``, ``stages`` and ``feature_info`` (``build_stages``: one
 ``Stage``, a downsample and blocks, per entry of ``dims``), ``norm`` and ``head`` (timm's ``ClassifierHead``), and
@@ -10,6 +12,7 @@ sets the class attributes below. It then gets ``forward_features``, ``forward_he
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -17,7 +20,15 @@ import torch.nn as nn
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-__all__ = ["Stage", "StagedBackbone", "build_stages", "check_image_input", "run_blocks", "stage_drop_path_rates"]
+__all__ = [
+    "PlainBackbone",
+    "Stage",
+    "StagedBackbone",
+    "build_stages",
+    "check_image_input",
+    "run_blocks",
+    "stage_drop_path_rates",
+]
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, multiple: int, name: str) -> None:
@@ -249,3 +260,76 @@ class StagedBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class PlainBackbone(nn.Module):
+    """Base of vizoo's isotropic (plain ViT layout) models: patch embedding -> ``blocks`` at one width -> ``norm`` ->
+    pooled ``head``, with token features (B, tokens, C) as timm's ViTs return them.
+
+    Subclasses set, in ``__init__``: ``in_chans``, ``num_classes``, ``embed_dim``, ``global_pool``, ``blocks``,
+    ``norm``, ``head`` and ``grad_checkpointing``; and as class attributes ``pool_types`` (the ``global_pool`` values
+    they take, "" being the patch tokens as a map), ``num_prefix_tokens`` (tokens that are no patch, e.g. a class
+    token) and ``input_multiple``. They define ``patch_map(tokens, grid)``: (B, prefix + h·w, C) -> (B, h, w, C).
+    """
+
+    pool_types: tuple[str, ...] = ("avg", "")
+    num_prefix_tokens: int = 0
+    input_multiple: int = 16
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_image_input(x, self.in_chans, self.input_multiple, self.model_name)
+
+    def check_pool(self, global_pool: str) -> None:
+        if global_pool not in self.pool_types:
+            raise ValueError(f"{self.model_name} global_pool must be one of {self.pool_types}, got {global_pool!r}")
+
+    def set_features_fmt(self, features_fmt: str) -> None:
+        """Refused: the features are tokens, not a map (see ``forward_features``)."""
+        raise ValueError(
+            f"{self.model_name} returns token features (B, N, C), not a map, so features_fmt does not apply; take its "
+            "patch tokens from vizoo.multimodal.VisionTower or its NCHW maps from forward_intermediates"
+        )
+
+    def square_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, prefix + N, C) tokens -> (B, side, side, C) map of the N patch tokens (``global_pool=""``), which
+        needs a square grid: the tokens do not carry the grid's shape."""
+        patches = tokens.shape[1] - self.num_prefix_tokens
+        side = math.isqrt(patches)
+        if side * side != patches:
+            raise ValueError(
+                f"{self.model_name} with global_pool='' returns the patch tokens as a square map, but got {patches} "
+                "patch tokens; use forward_intermediates(x, indices=1) for non-square inputs"
+            )
+        return self.patch_map(tokens, (side, side))
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last index in ``indices`` (and the norm/head); return the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self.check_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        place_like(self.head, self)

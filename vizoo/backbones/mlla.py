@@ -26,14 +26,11 @@ from timm.models import generate_default_cfgs, register_model
 
 from vizoo.backbones._base import StagedBackbone, build_stages
 from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
+from vizoo.layers.channels_last import conv_nhwc
 from vizoo.layers.linear_attention import MLLALinearAttention
 from vizoo.layers.mlla_stem import MllaDownsample, MllaStem
 
 __all__ = ["MLLA"]
-
-
-def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class MLLABlock(nn.Module):
@@ -55,12 +52,12 @@ class MLLABlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + _dwconv_nhwc(self.cpe1, x)
+        x = x + conv_nhwc(self.cpe1, x)
         h = self.norm1(x)
         gate = self.act(self.act_proj(h))
-        h = self.act(_dwconv_nhwc(self.dwc, self.in_proj(h)))
+        h = self.act(conv_nhwc(self.dwc, self.in_proj(h)))
         x = x + self.drop_path(self.out_proj(self.attn(h) * gate))
-        x = x + _dwconv_nhwc(self.cpe2, x)
+        x = x + conv_nhwc(self.cpe2, x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -34,16 +34,14 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from vizoo.backbones._base import check_image_input, place_like, run_blocks
+from vizoo.backbones._base import PlainBackbone, run_blocks
 from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted
 from vizoo.layers.mamba_block import MambaBlock
 
 __all__ = ["Vim"]
 
-POOL_TYPES = ("token", "avg", "")
 
-
-class Vim(nn.Module):
+class Vim(PlainBackbone):
     """Vision Mamba backbone and classifier, (B, C_in, H, W) -> (B, num_classes).
 
     Args:
@@ -60,7 +58,8 @@ class Vim(nn.Module):
         drop_path_rate: maximum stochastic depth (linear over blocks).
     """
 
-    input_multiple = 16
+    pool_types = ("token", "avg", "")
+    num_prefix_tokens = 1  # the class token, in the middle of the sequence
     no_weight_decay_leaves = ("A_log", "A_b_log", "D", "D_b")
 
     def __init__(
@@ -81,8 +80,7 @@ class Vim(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if global_pool not in POOL_TYPES:
-            raise ValueError(f"Vim global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+        self.check_pool(global_pool)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -143,13 +141,6 @@ class Vim(nn.Module):
         """Index of the class token in a sequence of ``num_patches`` patch tokens plus the class token."""
         return num_patches // 2
 
-    @property
-    def model_name(self) -> str:
-        return getattr(self, "pretrained_cfg", {}).get("architecture", type(self).__name__)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, self.input_multiple, self.model_name)
-
     def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, N + 1, C) position embedding for a patch grid, the class token's entry in the middle."""
         if tuple(grid) == self.grid_size:
@@ -180,14 +171,6 @@ class Vim(nn.Module):
 
     # --- timm API -----------------------------------------------------------------------------------------------
 
-    def set_features_fmt(self, features_fmt: str) -> None:
-        """Refused: Vim's features are tokens, not a map (see ``forward_features``)."""
-        raise ValueError(
-            f"{self.model_name} returns token features (B, N + 1, C) with the class token in the middle, not a map, "
-            "so features_fmt does not apply; take its patch tokens from vizoo.multimodal.VisionTower or its NCHW "
-            "maps from forward_intermediates"
-        )
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, N + 1, C) normed tokens, the class token at ``cls_index(N)``."""
         return self.norm(self.forward_tokens(x))
@@ -200,13 +183,7 @@ class Vim(nn.Module):
             mid = (x.shape[1] - 1) // 2
             x = torch.cat([x[:, :mid], x[:, mid + 1 :]], dim=1).mean(dim=1)
         else:
-            side = math.isqrt(x.shape[1] - 1)
-            if side * side != x.shape[1] - 1:
-                raise ValueError(
-                    f"{self.model_name} with global_pool='' returns the patch tokens as a square map, but got "
-                    f"{x.shape[1] - 1} patch tokens; use forward_intermediates(x, indices=1) for non-square inputs"
-                )
-            return self.patch_map(x, (side, side))
+            return self.square_map(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -241,18 +218,6 @@ class Vim(nn.Module):
             return intermediates
         return self.norm(x), intermediates
 
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the last index in ``indices`` (and the norm/head); return the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Position embedding, class token, and the SSMs' A and D."""
@@ -265,23 +230,6 @@ class Vim(nn.Module):
         return dict(
             stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
         )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in POOL_TYPES:
-                raise ValueError(f"Vim global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        place_like(self.head, self)
 
 
 def _resample_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:

@@ -218,14 +218,18 @@ def sample_images(
 
 def run_onnx(path: str | os.PathLike, images: torch.Tensor) -> np.ndarray:
     """The first output of the ONNX model at ``path`` run on ``images`` in onnxruntime (CPU)."""
-    return _onnx_runner(path, images)()[0]
+    return onnx_runner(path, images)()[0]
 
 
-def _onnx_runner(path: str | os.PathLike, x: torch.Tensor):
-    """A callable running the ONNX model at ``path`` on ``x`` in onnxruntime (CPU); it returns the outputs."""
+def onnx_runner(path: str | os.PathLike, x: torch.Tensor, threads: int | None = None):
+    """A callable running the ONNX model at ``path`` on ``x`` in onnxruntime (CPU); it returns the outputs.
+    ``threads``: intra-op threads (default: onnxruntime's choice)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
 
@@ -268,7 +272,7 @@ def max_abs_diff(path: str | os.PathLike, model: torch.nn.Module, images: torch.
     with torch.no_grad():
         expected = graph(images)
     expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
-    got = _onnx_runner(path, images)()
+    got = onnx_runner(path, images)()
     if tuple(names) == DETECTION_OUTPUTS:
         return detection_diff(dict(zip(names, got)), dict(zip(names, expected)))
     return max(float(np.abs(g - e).max(initial=0.0)) if g.shape == e.shape else math.inf for g, e in zip(got, expected))

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vizoo.export.onnx import _onnx_runner
+from vizoo.export.onnx import onnx_runner
 
 
 def onnx_latencies_ms(paths: list[str | os.PathLike], x: torch.Tensor, rounds: int = 4, passes: int = 6) -> list[float]:
     """Median milliseconds of onnxruntime (CPU) on ``x`` for each ONNX model, measured in alternating blocks (as
     ``eager_vs_onnx_ms``), e.g. an fp32 model and its int8 versions."""
-    times = interleaved_times_ms([_onnx_runner(path, x) for path in paths], rounds, passes)
+    times = interleaved_times_ms([onnx_runner(path, x) for path in paths], rounds, passes)
     return [float(np.median(runner)) for runner in times]
 
 
@@ -47,7 +47,7 @@ def eager_vs_onnx_ms(
     not timed: after a run, a runtime's worker threads may spin for a while and slow the other's first pass.
     """
     with torch.inference_mode():
-        eager, onnx = interleaved_times_ms([lambda: model(x), _onnx_runner(path, x)], rounds, passes)
+        eager, onnx = interleaved_times_ms([lambda: model(x), onnx_runner(path, x)], rounds, passes)
     round_ratios = [float(np.median(o) / np.median(e)) for e, o in zip(eager, onnx)]
     return LatencyComparison(float(np.median(eager)), float(np.median(onnx)), round_ratios)
 

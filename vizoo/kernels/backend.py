@@ -52,6 +52,12 @@ def is_exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or (exporting is not None and exporting())
 
 
+def is_traced() -> bool:
+    """True under any tracer: export (``is_exporting``), ``torch.compile``, TorchScript tracing or scripting. Eager-only
+    paths (Python loops over the data, autograd Functions) step aside then."""
+    return is_exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def default_backend(registry: dict[str, Callable], device: torch.device) -> str:
     if "triton" in registry and device.type == "cuda" and TRITON_INSTALLED and not is_exporting():
         return "triton"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from vizoo.layers.channels_last import conv_nhwc
+
 
 class ConvNormAct(nn.Module):
     """Conv2d -> optional BatchNorm -> optional ReLU (the official ``ConvLayer``); 'same' padding for odd kernels."""
@@ -70,4 +72,4 @@ class MllaDownsample(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return conv_nhwc(self.conv, x)

@@ -25,6 +25,7 @@ from timm.layers import DropPath
 
 from vizoo.kernels.cross_scan import multiscale_merge, multiscale_scan
 from vizoo.kernels.selective_scan import selective_scan
+from vizoo.layers.channels_last import conv_nhwc
 from vizoo.layers.ssm_init import reset_routed_ssm_
 
 NUM_GROUPS = 2  # parameter groups: one for the full-resolution route, one for the three low-resolution routes
@@ -206,7 +207,7 @@ class MSVSSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.op(self.norm(x)))
         if self.ffn_post_norm:
-            y = self.norm2(self.convFFN(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+            y = self.norm2(conv_nhwc(self.convFFN, x))
         else:
-            y = self.convFFN(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            y = conv_nhwc(self.convFFN, self.norm2(x))
         return x + self.drop_path(y)

@@ -9,6 +9,7 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, Mlp
 from timm.models.swin_transformer import PatchMerging
 
+from vizoo.layers.channels_last import conv_nhwc
 from vizoo.layers.ss2d import SS2D
 
 
@@ -77,7 +78,7 @@ class ConvDownsample(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return self.norm(conv_nhwc(self.conv, x))
 
 
 def stem_layer(kind: str) -> Callable[[int, int], nn.Module]:

@@ -177,8 +177,8 @@ class VisionTower(nn.Module):
 
     def _final_map(self, final: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The model's final features as an NHWC map."""
-        if final.dim() == 3:  # Vim: (B, N + 1, C) tokens, the class token in the middle
-            return Vim.patch_map(final, grid)
+        if final.dim() == 3:  # token models (Vim: the class token in the middle; Vision-RWKV: patches only)
+            return self.model.patch_map(final, grid)
         from vizoo.multimodal.hf import native_features_fmt
 
         fmt = getattr(self.model, "features_fmt", None) or native_features_fmt(self.model)

@@ -30,10 +30,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
 from vizoo.kernels.cross_scan.torch_ops import cross_merge_torch, cross_scan_torch
 from vizoo.kernels.cross_selective_scan.reference import full_rank_delta
+from vizoo.kernels.selective_scan import chunked
 from vizoo.kernels.selective_scan.chunked import CHUNK, chunk_start_states, scan_steps, selective_scan_chunked, softplus
 
 
@@ -56,6 +58,16 @@ def cross_selective_scan_torch(
         return _step_major_scan(
             x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, x_proj
         )
+    args = (x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
+    if chunked.recompute_in_backward(A, x, delta, B, C, D, delta_bias, delta_proj):  # the scan's own switch
+        # Keep x and the low-rank inputs for the backward; the four route copies of x and the full-rank step sizes
+        # (8·d channels per pixel) are made again there, and the scan inside keeps only its inputs as before.
+        return checkpoint(_routed_scan, *args, use_reentrant=False, preserve_rng_state=False)
+    return _routed_scan(*args)
+
+
+def _routed_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj):
+    """n > 1: cross scan, one selective scan per route (route order), cross merge."""
     d, h, w = x.shape[1:]
     delta = full_rank_delta(delta, delta_proj)
     xs = cross_scan_torch(x.float() if out_fp32 else x)  # (b, 4, d, l)

@@ -35,7 +35,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from vizoo.kernels.backend import is_exporting
+from vizoo.kernels.backend import is_exporting, is_traced
+from vizoo.kernels.selective_scan.stepwise import scan_stepwise, stepwise_applies
 
 CHUNK = 8
 
@@ -114,14 +115,18 @@ def _rank3(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + exp(x)) as ``relu(x) - log(sigmoid(|x|))``: stable for any x (the sigmoid is in [1/2, 1]).
+    """log(1 + exp(x)): torch's one-pass ``F.softplus`` when running, a composite of mobile-friendly ops in export.
 
-    |x| is formed as ``2 relu(x) - x`` so that the gradient at 0 is sigmoid(0) = 1/2 (``abs`` has gradient 0 there).
-    Absolute error <= 6e-7 against float64; below about x = -17 the result is 0 rather than exp(x) < 4e-8. It avoids
-    the ``log1p`` of ``relu(x) + log1p(exp(-|x|))``, which torch computes slowly on the CPU (in ONNX it is Add + Log).
-    In ONNX this is Relu/Mul/Sub/Sigmoid/Log, which NNAPI runs (it lacks Softplus, and torch's thresholded softplus
-    adds Greater/Where nodes that neither NNAPI nor CoreML runs); CoreML MLProgram then lacks only the Log.
+    torch's op returns x itself above x = 20 (an error under 2e-9) and makes one pass over the data, where the
+    composite makes five. The composite is ``relu(x) - log(sigmoid(|x|))``, stable for any x (the sigmoid is in
+    [1/2, 1]), with |x| formed as ``2 relu(x) - x`` so that the gradient at 0 is sigmoid(0) = 1/2 (``abs`` has
+    gradient 0 there). Absolute error <= 6e-7 against float64; below about x = -17 it gives 0 rather than
+    exp(x) < 4e-8. In ONNX it is Relu/Mul/Sub/Sigmoid/Log, which NNAPI runs (it lacks Softplus, and torch's
+    thresholded softplus adds Greater/Where nodes that neither NNAPI nor CoreML runs); CoreML MLProgram then lacks only
+    the Log.
     """
+    if not is_exporting():
+        return F.softplus(x)
     relu = torch.relu(x)
     return relu - torch.log(torch.sigmoid(2 * relu - x))
 
@@ -145,7 +150,15 @@ def selective_scan_chunked(
     """
     if recompute_in_backward(A, u, delta, B, C, D, z, delta_bias):
         return RecomputedScan.apply(delta_softplus, return_last_state, u, delta, A, B, C, D, z, delta_bias)
+    if stepwise_applies(u, A) and not _wants_grad(A, u, delta, B, C, D, z, delta_bias):
+        read_out, last_state = scan_stepwise(u, delta, A, B, C, delta_bias, delta_softplus)
+        y = skip_and_gate(read_out, u.float(), D, z).to(u.dtype)
+        return (y, last_state) if return_last_state else y
     return scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def _wants_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def recompute_in_backward(A: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
@@ -154,15 +167,7 @@ def recompute_in_backward(A: torch.Tensor, *tensors: torch.Tensor | None) -> boo
     With n = 1 the saved steps are no larger than the inputs and recomputing only costs time. Under export, tracing or
     ``torch.compile`` the plain path keeps the graph free of a Python autograd function.
     """
-    return (
-        A.shape[1] > 1
-        and torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in (A, *tensors))
-        and not is_exporting()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-    )
+    return A.shape[1] > 1 and _wants_grad(A, *tensors) and not is_traced()
 
 
 def scan_chunked(
@@ -246,15 +251,18 @@ class RecomputedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta_softplus, return_last_state, u, delta, A, B, C, D, z, delta_bias):
         u32 = u.float()
-        rest = (None, None, delta_bias, delta_softplus, return_last_state)  # D and z are applied to the sum
-        parts = [scan_chunked(u32, delta, A[:, s], B[:, :, s], C[:, :, s], *rest) for s in state_slices(u, A)]
-        read_out = _sum([y for y, _ in parts] if return_last_state else parts)  # (b, d, L) fp32
+        if stepwise_applies(u, A):  # the forward keeps no graph, so the stepwise loop serves it
+            read_out, last_state = scan_stepwise(u32, delta, A, B, C, delta_bias, delta_softplus)
+        else:
+            rest = (None, None, delta_bias, delta_softplus, True)  # D and z are applied to the sum
+            parts = [scan_chunked(u32, delta, A[:, s], B[:, :, s], C[:, :, s], *rest) for s in state_slices(u, A)]
+            read_out = _sum([y for y, _ in parts])  # (b, d, L) fp32
+            last_state = torch.cat([h for _, h in parts], dim=2)  # (b, d, n)
         ctx.delta_softplus = delta_softplus
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         y = skip_and_gate(read_out, u32, D, z).to(u.dtype)
         if not return_last_state:
             return y
-        last_state = torch.cat([h for _, h in parts], dim=2)  # (b, d, n)
         ctx.mark_non_differentiable(last_state)
         return y, last_state
 
