@@ -267,9 +267,11 @@ class PlainBackbone(nn.Module):
     pooled ``head``, with token features (B, tokens, C) as timm's ViTs return them.
 
     Subclasses set, in ``__init__``: ``in_chans``, ``num_classes``, ``embed_dim``, ``global_pool``, ``blocks``,
-    ``norm``, ``head`` and ``grad_checkpointing``; and as class attributes ``pool_types`` (the ``global_pool`` values
-    they take, "" being the patch tokens as a map), ``num_prefix_tokens`` (tokens that are no patch, e.g. a class
-    token) and ``input_multiple``. They define ``patch_map(tokens, grid)``: (B, prefix + h·w, C) -> (B, h, w, C).
+    ``norm``, ``head``, ``patch_size`` and ``grad_checkpointing``; as class attributes ``pool_types`` (the
+    ``global_pool`` values they take, "" being the patch tokens as a map), ``num_prefix_tokens`` (tokens that are no
+    patch, e.g. a class token) and ``input_multiple``. They define ``embed(x)`` (the first block's input),
+    ``patch_map(tokens, grid)`` ((B, prefix + h·w, C) -> (B, h, w, C)), and ``block_map`` / ``block_tokens`` (a
+    block's output as a map and as tokens).
     """
 
     pool_types: tuple[str, ...] = ("avg", "")
@@ -305,6 +307,36 @@ class PlainBackbone(nn.Module):
                 "patch tokens; use forward_intermediates(x, indices=1) for non-square inputs"
             )
         return self.patch_map(tokens, (side, side))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The patch maps after the blocks at ``indices`` (an int n means the last n) as NCHW or NHWC at stride
+        ``patch_size`` (``norm`` applies the final norm to each), plus the final normed tokens (B, prefix + N, C).
+        Subclasses say how a block's output becomes a map (``block_map``) and tokens (``block_tokens``)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.check_input(x)
+        grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+        x = self.embed(x)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take_indices:
+                feature = self.block_map(x, grid)
+                feature = self.norm(feature) if norm else feature
+                intermediates.append(feature.permute(0, 3, 1, 2) if output_fmt == "NCHW" else feature)
+        if intermediates_only:
+            return intermediates
+        return self.norm(self.block_tokens(x)), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True

@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from vizoo.backbones._base import PlainBackbone, run_blocks
 from vizoo.backbones._builder import PaperCfg, build_vizoo_model, check_converted
@@ -190,33 +189,13 @@ class Vim(PlainBackbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Patch tokens after the blocks at ``indices`` (an int n means the last n) as NCHW or NHWC maps at stride
-        ``patch_size`` (``norm`` applies the final norm to each), plus the final normed tokens (B, N + 1, C)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.check_input(x)
-        grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
-        x = self.embed(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                feature = self.patch_map(self.norm(x) if norm else x, grid)
-                intermediates.append(feature.permute(0, 3, 1, 2) if output_fmt == "NCHW" else feature)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+    def block_map(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """A block's output (B, N + 1, C) -> its patch tokens as a (B, h, w, C) map."""
+        return self.patch_map(x, grid)
+
+    def block_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A block's output as tokens: already (B, N + 1, C)."""
+        return x
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

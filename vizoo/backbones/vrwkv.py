@@ -42,7 +42,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from vizoo.backbones._base import PlainBackbone, run_blocks
 from vizoo.backbones._builder import build_vizoo_model, check_converted, imagenet_cfg, init_trunc_normal
@@ -284,32 +283,13 @@ class VisionRWKV(PlainBackbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The maps after the blocks at ``indices`` (an int n means the last n) as NCHW or NHWC at stride
-        ``patch_size`` (``norm`` applies the final norm to each), plus the final normed tokens (B, N, C)."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.check_input(x)
-        x = self.embed(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                feature = self.norm(x) if norm else x
-                intermediates.append(feature.permute(0, 3, 1, 2) if output_fmt == "NCHW" else feature)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x).flatten(1, 2), intermediates
+    def block_map(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """A block's output is already the (B, h, w, C) map."""
+        return x
+
+    def block_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A block's output (B, h, w, C) -> (B, N, C) tokens, row-major."""
+        return x.flatten(1, 2)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
