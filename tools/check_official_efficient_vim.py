@@ -30,32 +30,18 @@ Exit code 0 when every variant is within ``--tol``, 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import subprocess
 import sys
-import tempfile
 import types
 from pathlib import Path
 
-import timm
 import torch
 
-import vizoo  # noqa: F401  (registers the models)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # official_check, beside this file
+
+import official_check as oc  # noqa: E402
 
 VARIANTS = {"M1": 224, "M2": 224, "M3": 224, "M4": 256}
-
-
-def read_source(root: Path, relpath: str) -> str:
-    """``relpath`` from a checkout folder, or from HEAD of a bare git directory."""
-    if (root / relpath).is_file():
-        return (root / relpath).read_text()
-    try:
-        return subprocess.run(
-            ["git", "--git-dir", str(root), "show", f"HEAD:{relpath}"], check=True, capture_output=True, text=True
-        ).stdout
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        raise SystemExit(f"cannot read {relpath} from {root}: pass a checkout or git directory holding it ({e})") from e
 
 
 def import_official(official_root: Path, workdir: Path) -> types.ModuleType:
@@ -63,21 +49,16 @@ def import_official(official_root: Path, workdir: Path) -> types.ModuleType:
     try:
         import fvcore.nn  # noqa: F401
     except ImportError:
-        stub = types.ModuleType("fvcore.nn")
 
         def flop_count(*args, **kwargs):
             raise RuntimeError("fvcore is stubbed by tools/check_official_efficient_vim.py")
 
-        stub.flop_count = flop_count
-        sys.modules["fvcore"] = types.ModuleType("fvcore")
-        sys.modules["fvcore.nn"] = stub
-    package = workdir / "efficientvim_official"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for name in ("EfficientViM.py", "utils.py"):
-        (package / name).write_text(read_source(official_root, f"classification/models/{name}"))
-    sys.path.insert(0, str(workdir))
-    return importlib.import_module("efficientvim_official.EfficientViM")
+        oc.stub_module("fvcore")
+        oc.stub_module("fvcore.nn", flop_count=flop_count)
+    files = ("EfficientViM.py", "utils.py")
+    return oc.import_official_package(
+        official_root, workdir, "efficientvim_official", "classification/models", files, "EfficientViM"
+    )
 
 
 def import_official_detection(official_root: Path, workdir: Path) -> types.ModuleType:
@@ -86,12 +67,13 @@ def import_official_detection(official_root: Path, workdir: Path) -> types.Modul
     folder = workdir / "efficientvim_official_det"
     folder.mkdir()
     for name in ("efficientViM.py", "efficientViM_utils.py"):
-        (folder / name).write_text(read_source(official_root, f"detection/{name}"))
+        (folder / name).write_text(oc.read_source(official_root, f"detection/{name}"))
     registry = types.SimpleNamespace(register_module=lambda *args, **kwargs: lambda fn: fn)
-    stubs = {name: types.ModuleType(name) for name in ("mmdet", "mmdet.models", "mmdet.models.builder")}
-    stubs["mmdet.models.builder"].BACKBONES = registry
-    saved = {name: sys.modules.get(name) for name in stubs}
-    sys.modules.update(stubs)
+    names = ("mmdet", "mmdet.models", "mmdet.models.builder")
+    saved = {name: sys.modules.get(name) for name in names}
+    oc.stub_module("mmdet")
+    oc.stub_module("mmdet.models")
+    oc.stub_module("mmdet.models.builder", BACKBONES=registry)
     sys.path.insert(0, str(folder))
     try:
         return importlib.import_module("efficientViM")
@@ -102,17 +84,6 @@ def import_official_detection(official_root: Path, workdir: Path) -> types.Modul
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
-
-
-@torch.no_grad()
-def perturb_(model: torch.nn.Module, scale: float = 0.02) -> None:
-    for p in model.parameters():
-        p.add_(torch.randn_like(p) * scale)
-    for name, b in model.named_buffers():
-        if name.endswith("running_mean"):
-            b.add_(torch.randn_like(b) * 0.1)
-        elif name.endswith("running_var"):
-            b.mul_(1 + 0.5 * torch.rand_like(b))
 
 
 DETECTION_ARGS = {  # the official factories' settings (classification/models/EfficientViM.py)
@@ -126,67 +97,45 @@ DETECTION_ARGS = {  # the official factories' settings (classification/models/Ef
 def check_non_square(official_module: types.ModuleType, detection_module, variant: str, workdir: Path) -> float:
     """The stage outputs of the official detection backbone against vizoo's at 224x320, same weights."""
     torch.manual_seed(1)
-    official = getattr(official_module, f"EfficientViM_{variant}")().eval()
-    perturb_(official)
+    official = oc.perturb_(getattr(official_module, f"EfficientViM_{variant}")().eval(), seed=1)
     detection = detection_module.EfficientViM(frozen_stages=-1, **DETECTION_ARGS[variant])
     detection.eval()  # its train() override returns None
     result = detection.load_state_dict(official.state_dict(), strict=False)
     if result.missing_keys or any(not k.startswith(("norm.", "heads.", "weights")) for k in result.unexpected_keys):
         raise SystemExit(f"the official detection backbone does not take the classifier's weights: {result}")
     path = workdir / f"EfficientViM_{variant}_det.pth"
-    torch.save({"model": official.state_dict()}, path)
-    name = f"efficient_vim_{variant.lower()}"
-    ours = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
-    path.unlink()
-    x = torch.randn(2, 3, 224, 320)
-    with torch.no_grad():
-        maps = ours.forward_intermediates(x, intermediates_only=True)
-        diff = max((a - b).abs().max().item() for a, b in zip(maps, detection(x)))
-    print(f"  stage outputs 224x320 vs the detection backbone: max |difference| {diff:.3g}")
-    return diff
+    ours = oc.load_released(f"efficient_vim_{variant.lower()}", {"model": official.state_dict()}, path)
+
+    def stages(x: torch.Tensor) -> list[torch.Tensor]:
+        return ours.forward_intermediates(x, intermediates_only=True)
+
+    return oc.max_difference(stages, detection, [(224, 320)], seed=1, what="stage output", label="detection backbone, ")
 
 
 def check_variant(official_module: types.ModuleType, variant: str, distilled: bool, workdir: Path) -> float:
     torch.manual_seed(0)
-    official = getattr(official_module, f"EfficientViM_{variant}")(distillation=distilled).eval()
-    perturb_(official)
+    official = oc.perturb_(getattr(official_module, f"EfficientViM_{variant}")(distillation=distilled).eval(), seed=0)
     path = workdir / f"EfficientViM_{variant}_{'dist' if distilled else 'e300'}.pth"
-    torch.save({"model": official.state_dict(), "epoch": 0}, path)
-    name = f"efficient_vim_{variant.lower()}"
-    ours = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
-    path.unlink()
+    ours = oc.load_released(f"efficient_vim_{variant.lower()}", {"model": official.state_dict(), "epoch": 0}, path)
     size = VARIANTS[variant]
-    x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        reference = official(x)
-        diff = (ours(x) - reference).abs().max().item()
-    kind = "distilled" if distilled else "plain"
-    print(f"  {kind} {size}x{size}: max |logit difference| {diff:.3g} (max |logit| {reference.abs().max():.3g})")
-    return diff
+    return oc.max_difference(ours, official, [(size, size)], label="distilled " if distilled else "plain ")
+
+
+def check(official: tuple[types.ModuleType, types.ModuleType], variant: str, workdir: Path) -> float:
+    """The worst of the plain and distilled logits (square) and the detection backbone's stage outputs (224x320)."""
+    classification, detection = official
+    diffs = [check_variant(classification, variant, distilled, workdir) for distilled in (False, True)]
+    return oc.worst([*diffs, check_non_square(classification, detection, variant, workdir)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, required=True, help="mlvlab/EfficientViM checkout or git directory")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--tol", type=float, default=1e-4, help="largest allowed absolute logit difference")
-    args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
-    failed = []
-    with tempfile.TemporaryDirectory() as tmp:
-        official_module = import_official(args.official, Path(tmp))
-        detection_module = import_official_detection(args.official, Path(tmp))
-        for variant in args.variants:
-            print(f"efficient_vim_{variant.lower()} vs official EfficientViM_{variant}:")
-            worst = max(check_variant(official_module, variant, distilled, Path(tmp)) for distilled in (False, True))
-            worst = max(worst, check_non_square(official_module, detection_module, variant, Path(tmp)))
-            status = "ok" if worst <= args.tol else "FAILED"
-            print(f"  {status}: {worst:.3g} (tolerance {args.tol:g})")
-            if worst > args.tol:
-                failed.append(variant)
-    if failed:
-        print(f"outside the tolerance: {', '.join(failed)}")
-    return 1 if failed else 0
+    args = oc.variants_parser(__doc__, "mlvlab/EfficientViM checkout or git directory", VARIANTS).parse_args(argv)
+    return oc.check_variants(
+        args,
+        lambda workdir: (import_official(args.official, workdir), import_official_detection(args.official, workdir)),
+        lambda variant: f"efficient_vim_{variant.lower()} vs official EfficientViM_{variant}",
+        check,
+    )
 
 
 if __name__ == "__main__":

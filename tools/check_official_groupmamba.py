@@ -18,7 +18,6 @@ official code also needs ``einops``.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import sys
 import types
@@ -30,8 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import vizoo  # noqa: F401  (registers vizoo's models)
-from vizoo.backbones.groupmamba import checkpoint_filter_fn
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # official_check, beside this file
+
+import official_check as oc  # noqa: E402
+
+from vizoo.backbones.groupmamba import checkpoint_filter_fn  # noqa: E402
 
 # The official factories' arguments (classification/models/groupmamba.py); test_groupmamba is vizoo's tiny variant.
 OFFICIAL_ARGS = {
@@ -42,30 +44,23 @@ OFFICIAL_ARGS = {
 }
 
 
-def official_selective_scan_ref(source: Path):
-    """The official ``selective_scan_ref``, compiled from its file without running the file's module body."""
-    path = source / "kernels" / "selective_scan" / "test_selective_scan.py"
-    tree = ast.parse(path.read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "selective_scan_ref")
-    from einops import rearrange, repeat
-
-    namespace = dict(torch=torch, F=F, rearrange=rearrange, repeat=repeat)
-    exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
-    return namespace["selective_scan_ref"]
-
-
 def import_official(source: Path) -> types.ModuleType:
     """The official ``groupmamba`` module, with ``selective_scan_cuda_core`` served by the reference scan and timm's
     ``register_model`` disabled while it imports (its model names would replace vizoo's in timm's registry)."""
-    ref = official_selective_scan_ref(source)
-    core = types.ModuleType("selective_scan_cuda_core")
+    from einops import rearrange, repeat
+
+    ref = oc.function_from_source(
+        source,
+        "kernels/selective_scan/test_selective_scan.py",
+        "selective_scan_ref",
+        dict(torch=torch, F=F, rearrange=rearrange, repeat=repeat),
+    )
 
     def fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, nrows):
         out = ref(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
         return out, None
 
-    core.fwd = fwd
-    sys.modules["selective_scan_cuda_core"] = core
+    oc.stub_module("selective_scan_cuda_core", fwd=fwd)
     sys.path.insert(0, str(source / "classification" / "models"))
     registry = importlib.import_module("timm.models.registry")
     register = registry.register_model
@@ -76,31 +71,15 @@ def import_official(source: Path) -> types.ModuleType:
         registry.register_model = register
 
 
-@torch.no_grad()
-def perturb(model: nn.Module, seed: int) -> None:
-    """Move every parameter and BatchNorm statistic off its init, so a mis-mapped tensor changes the output."""
-    generator = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.add_(torch.randn(p.shape, generator=generator) * 0.02)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
-
-
 def check(source: Path, name: str, img_size: int, batch: int = 2, seed: int = 0) -> float:
     """Max |official - vizoo| of the eval logits of ``name`` on ``batch`` random images of ``img_size``²."""
     official_module = import_official(source)
     torch.manual_seed(seed)
     args = dict(dict(mlp_ratios=[8, 8, 4, 4], norm_layer=partial(nn.LayerNorm, eps=1e-6)), **OFFICIAL_ARGS[name])
-    official = official_module.GroupMamba(**args).eval()
-    perturb(official, seed)
+    official = oc.perturb_(official_module.GroupMamba(**args).eval(), seed)
     model = timm.create_model(name).eval()
-    state = checkpoint_filter_fn(official.state_dict(), model)
-    model.load_state_dict(state, strict=True)
-    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
-        return (official(x) - model(x)).abs().max().item()
+    model.load_state_dict(checkpoint_filter_fn(official.state_dict(), model), strict=True)
+    return oc.max_difference(model, official, [(img_size, img_size)], seed=seed + 1, batch=batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.source / "classification" / "models" / "groupmamba.py").is_file():
         parser.error(f"{args.source} is not a GroupMamba checkout (no classification/models/groupmamba.py)")
-    diff = check(args.source, args.model, args.img_size)
-    ok = diff <= args.tol
-    verdict = "ok" if ok else "FAIL"
-    print(f"{args.model} at {args.img_size}x{args.img_size}: max abs logit difference {diff:.3e} ({verdict})")
-    return 0 if ok else 1
+    return oc.report(
+        [args.model],
+        lambda name: f"{name} vs official GroupMamba",
+        lambda name: check(args.source, name, args.img_size),
+        args.tol,
+    )
 
 
 if __name__ == "__main__":

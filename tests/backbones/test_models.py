@@ -51,8 +51,8 @@ def test_default_cfg_contract(name):
             spatial, chans = (feats.shape[1:3], feats.shape[-1]) if nhwc else (feats.shape[2:], feats.shape[1])
             assert tuple(spatial) == tuple(cfg["pool_size"]) and chans == model.num_features
         assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
-        model.reset_classifier(0)
-        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(0)  # timm: the pre-logits features remain, as forward_head(pre_logits=True) gives
+        assert model(x).shape == (1, model.head_hidden_size)
         model.reset_classifier(0, "")
         assert model(x).dim() == 4
         assert create(name, num_classes=0, global_pool="").eval()(x).dim() == 4

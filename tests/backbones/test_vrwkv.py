@@ -1,7 +1,8 @@
 """Vision-RWKV: the paper's table (params, FLOPs), the released block layout and init, Q-Shift, the resolution-
-dependent decay, the official key layout (written out here from OpenGVLab/Vision-RWKV
-``classification/mmcls_custom/models/backbones/vrwkv.py``, independently of ``checkpoint_filter_fn``) and the input
-sizes. The logits against the official code itself: tools/check_official_vrwkv.py."""
+dependent decay, the official key layouts (written out here from OpenGVLab/Vision-RWKV
+``classification/mmcls_custom/models/backbones/vrwkv.py`` for T/S/B and ``classification_internimage/models/vrwkv.py``
+for L, independently of ``checkpoint_filter_fn``) and the input sizes. The logits against the official code itself:
+tools/check_official_vrwkv.py."""
 
 import math
 
@@ -16,12 +17,13 @@ from vizoo.model_table import paper_figures
 from vizoo.utils.checkpoint import CheckpointError
 from vizoo.utils.complexity import count_macs, count_params
 
-VARIANTS = ["vrwkv_tiny", "vrwkv_small", "vrwkv_base"]
+VARIANTS = ["vrwkv_tiny", "vrwkv_small", "vrwkv_base", "vrwkv_large"]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_params_and_flops_match_paper(name):
-    """Params within 1% and FLOPs within 5% of the README / paper table (params to 0.1 M, GFLOPs to 0.1 G at 224²).
+    """Params within 1% and FLOPs within 5% of the README / paper table (params to 0.1 M, GFLOPs to 0.1 G at the
+    pretrained cfg's input size: 224², L 384²).
 
     The table's FLOPs are mmcv's ``get_model_complexity_info`` count (MACs of convolutions and Linears, plus the
     elements of LayerNorms and pooling, under 0.2% here) plus ``29·T·C`` per block for the WKV, which mmcv cannot see
@@ -32,22 +34,37 @@ def test_params_and_flops_match_paper(name):
         model = timm.create_model(name)
     params = count_params(model) / 1e6
     assert abs(params / paper["paper_params_m"] - 1) < 0.01, f"{name}: {params:.2f} M vs {paper['paper_params_m']}"
+    size = model.pretrained_cfg["input_size"]
     with count_kernel_macs() as kernels:
-        total = count_macs(model)
-    tokens = (224 // 16) ** 2
+        total = count_macs(model, size)
+    tokens = (size[1] // 16) * (size[2] // 16)
     measured = (total - sum(kernels.values()) + 29 * tokens * model.embed_dim * len(model.blocks)) / 1e9
     assert abs(measured / paper["paper_gmacs"] - 1) < 0.05, f"{name}: {measured:.3f} G vs {paper['paper_gmacs']}"
 
 
 @pytest.mark.parametrize(
-    "name, width, post_norm, gamma",
-    [("vrwkv_tiny", 192, False, None), ("vrwkv_small", 384, True, 1.0), ("vrwkv_base", 768, True, 1e-5)],
+    "name, width, depth, tokens, post_norm, gamma, large",
+    [
+        ("vrwkv_tiny", 192, 12, 196, False, None, False),
+        ("vrwkv_small", 384, 12, 196, True, 1.0, False),
+        ("vrwkv_base", 768, 12, 196, True, 1e-5, False),
+        ("vrwkv_large", 1024, 24, 144, True, 1e-5, True),  # a 12x12 position embedding (MODEL.VRWKV.IMG_SIZE 192)
+    ],
 )
-def test_block_layout_is_the_released_one(name, width, post_norm, gamma):
+def test_block_layout_is_the_released_one(name, width, depth, tokens, post_norm, gamma, large):
+    """T/S/B as classification/configs/vrwkv/; L as classification_internimage/configs/vrwkv_l_22kto1k_384.yaml with
+    ``k_norm`` (default True there) and the ``Linear(C, 3072) -> Tanh -> Linear`` head of its deeper-than-12 models."""
     with torch.device("meta"):
         model = timm.create_model(name)
-    assert len(model.blocks) == 12 and model.patch_embed.proj.stride == (16, 16)
-    assert model.pos_embed.shape == (1, 196, width)
+    assert len(model.blocks) == depth and model.patch_embed.proj.stride == (16, 16)
+    assert model.pos_embed.shape == (1, tokens, width)
+    if large:
+        assert model.pretrained_cfg["input_size"] == (3, 384, 384) and model.pretrained_cfg["crop_pct"] == 1.0
+        assert (model.pre_logits.fc.in_features, model.pre_logits.fc.out_features) == (width, 3072)
+        assert isinstance(model.pre_logits.act, torch.nn.Tanh) and model.head.in_features == 3072
+        assert model.head_hidden_size == 3072 and model.num_features == width
+    else:
+        assert isinstance(model.pre_logits, torch.nn.Identity) and model.head.in_features == width
     for block in model.blocks:
         assert block.post_norm == post_norm
         assert (block.ls1.gamma.shape == (width,)) if gamma else not hasattr(block.ls1, "gamma")
@@ -55,7 +72,12 @@ def test_block_layout_is_the_released_one(name, width, post_norm, gamma):
         mixers = [block.spatial_mix.key, block.spatial_mix.value, block.spatial_mix.receptance]
         mixers += [block.spatial_mix.output, block.channel_mix.key, block.channel_mix.value]
         assert all(linear.bias is None for linear in mixers)
-        assert isinstance(block.spatial_mix.key_norm, torch.nn.Identity)  # key_norm: VRWKV-L only
+        if large:  # LayerNorm on the WKV output (C) and on ChannelMix's hidden activations (4C)
+            assert block.spatial_mix.key_norm.normalized_shape == (width,)
+            assert block.channel_mix.key_norm.normalized_shape == (4 * width,)
+        else:
+            assert isinstance(block.spatial_mix.key_norm, torch.nn.Identity)
+            assert isinstance(block.channel_mix.key_norm, torch.nn.Identity)
     if gamma:
         gammas = timm.create_model("test_vrwkv", layer_scale=gamma).blocks[0].ls2.gamma
         assert torch.equal(gammas.detach(), torch.full_like(gammas, gamma))
@@ -131,13 +153,16 @@ def test_position_embedding_is_resampled_as_mmcls():
     torch.testing.assert_close(vrwkv.resample_pos_embed(model.pos_embed, (2, 6), (4, 4)), expected)
 
 
-def official_key(key: str) -> str:
-    """vizoo key -> official mmcls key: ``backbone.`` prefix, ``patch_embed.projection``, ``layers.0.ln0``,
+def official_key(key: str, mlp_head: bool = False) -> str:
+    """vizoo key -> official key: ``backbone.`` prefix, ``patch_embed.projection``, ``layers.0.ln0``,
     ``layers.i.ln{1,2}``, ``gamma{1,2}``, ``att`` / ``ffn`` with ``spatial_decay``, ``spatial_first``,
-    ``spatial_mix_{k,v,r}``, final ``ln1``, ``head.fc``."""
+    ``spatial_mix_{k,v,r}`` (and ``key_norm``), final ``ln1``; the mmcls head ``head.fc``, or with ``mlp_head`` the
+    internimage ``VRWKV_Classification`` head ``Sequential(Linear, Tanh, Linear)``: ``head.0``, ``head.2``."""
     parts = key.split(".")
+    if parts[0] == "pre_logits":
+        return ".".join(["head", "0", *parts[2:]])
     if parts[0] == "head":
-        return ".".join(["head", "fc", *parts[1:]])
+        return ".".join(["head", "2" if mlp_head else "fc", *parts[1:]])
     if parts[0] == "patch_embed":
         return ".".join(["backbone", "patch_embed", "projection", *parts[2:]])
     if parts[0] == "norm_pre":
@@ -158,13 +183,24 @@ def official_key(key: str) -> str:
 
 
 def official_checkpoint(model: torch.nn.Module) -> dict:
-    """The released ``.pth`` layout: mmcls' ``{"meta": ..., "state_dict": ...}``."""
-    return {"meta": {"epoch": 300}, "state_dict": {official_key(k): v.clone() for k, v in model.state_dict().items()}}
+    """The released ``.pth`` layouts: mmcls' ``{"meta": ..., "state_dict": ...}``; internimage's ``save_checkpoint``
+    (VRWKV-L) ``{"state_dict": ..., "epoch": ..., "max_accuracy": ...}``."""
+    mlp_head = model.head_hidden_size != model.embed_dim
+    state = {official_key(k, mlp_head): v.clone() for k, v in model.state_dict().items()}
+    if mlp_head:
+        return {"state_dict": state, "epoch": 19, "max_accuracy": 86.0}
+    return {"meta": {"epoch": 300}, "state_dict": state}
 
 
-def test_official_checkpoint_loads_and_reproduces_outputs(tmp_path):
+# The official layouts: mmcls T/S/B; L's (key_norm, MLP head) on a tiny model.
+LAYOUTS = {"mmcls": {}, "internimage": dict(key_norm=True, head_hidden_size=24)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_official_checkpoint_loads_and_reproduces_outputs(tmp_path, layout):
     torch.manual_seed(0)
-    source = timm.create_model("test_vrwkv").eval()
+    kwargs = LAYOUTS[layout]
+    source = timm.create_model("test_vrwkv", **kwargs).eval()
     with torch.no_grad():  # move every parameter off its init so a mis-mapped tensor shows in the output
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -183,21 +219,60 @@ def test_official_checkpoint_loads_and_reproduces_outputs(tmp_path):
         "backbone.layers.3.ffn.spatial_mix_r",
         "backbone.layers.3.ffn.value.weight",
         "backbone.ln1.weight",
-        "head.fc.bias",
+        *(
+            (
+                "backbone.layers.2.att.key_norm.weight",
+                "backbone.layers.3.ffn.key_norm.bias",
+                "head.0.weight",
+                "head.2.bias",
+            )
+            if kwargs
+            else ("head.fc.bias",)
+        ),
     ):
         assert key in state, key
     path = tmp_path / "vrwkv_test_in1k_224.pth"
     torch.save(checkpoint, path)
-    loaded = timm.create_model("test_vrwkv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    loaded = timm.create_model(
+        "test_vrwkv", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
+    ).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), source(x))
     refit = timm.create_model(
-        "test_vrwkv", pretrained=True, num_classes=5, img_size=96, pretrained_cfg_overlay=dict(file=str(path))
+        "test_vrwkv", pretrained=True, num_classes=5, img_size=96, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
     )
     assert refit.pos_embed.shape == (1, 36, 32)  # the 4x4 embedding resampled to the 6x6 grid
     torch.testing.assert_close(refit.pos_embed, vrwkv.resample_pos_embed(source.pos_embed, (6, 6), (4, 4)))
     assert refit(x).shape == (1, 5)
+
+
+def test_official_large_layout_maps_onto_vrwkv_large():
+    """Every tensor of VRWKV-L in the official internimage layout (shapes only, on the meta device) maps onto
+    vrwkv_large's keys and shapes, and the model loads the result strictly."""
+    with torch.device("meta"):
+        model = timm.create_model("vrwkv_large")
+    state = official_checkpoint(model)["state_dict"]
+    assert state["backbone.pos_embed"].shape == (1, 144, 1024)
+    assert state["head.0.weight"].shape == (3072, 1024) and state["head.2.weight"].shape == (1000, 3072)
+    assert state["backbone.layers.23.ffn.key_norm.weight"].shape == (4096,)
+    converted = vrwkv.checkpoint_filter_fn(state, model)
+    expected = model.state_dict()
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in expected.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+
+
+def test_reset_classifier_keeps_the_pre_logits_layer():
+    """timm's contract: after ``reset_classifier(0)`` the output is the pre-logits features, (B, head_hidden_size)."""
+    model = timm.create_model("test_vrwkv", head_hidden_size=24).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(7)
+        assert model.head.in_features == 24 and model(x).shape == (1, 7)
+        model.reset_classifier(0)
+        torch.testing.assert_close(model(x), pre)
+    assert pre.shape == (1, 24) and pre.abs().max() <= 1  # after the Tanh
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path):

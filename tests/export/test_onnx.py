@@ -18,6 +18,7 @@ import vizoo  # noqa: F401
 from vizoo.data import photo_batch
 from vizoo.export import (
     ExportError,
+    convert_to_fp16,
     convert_to_ort,
     export_onnx,
     input_shape,
@@ -70,15 +71,27 @@ def test_trained_weights_survive_export(tmp_path):
     assert run_onnx(result.path, torch.randn(1, 1, 96, 96)).shape == (1, 3)
 
 
-def test_fp16_export_is_close(exported, tmp_path):
-    model, _ = exported
-    result = export_onnx(model, tmp_path / "fp16.onnx", fp16=True, check=False)
+def test_fp16_graph_is_close(exported, tmp_path):
+    """Every family's float32 graph converted to float16: float32 in and out, float16 inside, within 5% of eager."""
+    model, result = exported
+    path = convert_to_fp16(result.path, tmp_path / "fp16.onnx")
     images = photo_batch(model.pretrained_cfg["input_size"])
     with torch.no_grad():
         expected = model(images).numpy()
-    out = run_onnx(result.path, images)
+    out = run_onnx(path, images)
     assert out.dtype == np.float32
     assert np.abs(out - expected).max() <= 0.05 * np.abs(expected).max()
+    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in onnx.load(path).graph.initializer}
+
+
+def test_fp16_export_equals_converting_the_float32_graph(tmp_path):
+    """``export_onnx(fp16=True)`` writes what ``convert_to_fp16`` makes of the float32 export."""
+    model = timm.create_model("test_cas_vit").eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", check=False)
+    fp16 = export_onnx(model, tmp_path / "fp16.onnx", fp16=True, check=False)
+    converted = convert_to_fp16(fp32.path, tmp_path / "converted.onnx")
+    images = photo_batch(model.pretrained_cfg["input_size"])
+    np.testing.assert_array_equal(run_onnx(fp16.path, images), run_onnx(converted, images))
 
 
 @pytest.mark.parametrize("calibrate", [False, True])
@@ -171,7 +184,7 @@ def test_cli_export_and_calibration_errors(tmp_path, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["export", "test_vmamba", "--output", str(tmp_path / "a.onnx"), "--int8", str(empty)]) == 2
+    assert main(["export", "test_cas_vit", "--output", str(tmp_path / "a.onnx"), "--int8", str(empty)]) == 2
     assert "has no images" in capsys.readouterr().err
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -179,7 +192,7 @@ def test_cli_export_and_calibration_errors(tmp_path, capsys):
         Image.fromarray((img.permute(1, 2, 0).numpy() * 50 + 128).clip(0, 255).astype(np.uint8)).save(
             calib / f"{i}.png"
         )
-    code = main(["export", "test_vmamba", "--output", str(tmp_path / "b.onnx"), "--int8", str(calib)])
+    code = main(["export", "test_cas_vit", "--output", str(tmp_path / "b.onnx"), "--int8", str(calib)])
     out = capsys.readouterr().out
     assert code == 0 and "max abs diff" in out and "int8, static QDQ, 2 calibration images" in out
     assert (tmp_path / "b.int8.onnx").exists()
@@ -194,7 +207,7 @@ def test_cli_export_checks_parity_without_scikit_image(tmp_path, capsys, monkeyp
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ImportError
     with pytest.raises(ImportError):
         photo_batch((3, 32, 32), count=1)
-    assert main(["export", "test_vmamba", "--output", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "test_cas_vit", "--output", str(tmp_path / "m.onnx")]) == 0
     diff = float(re.search(r"max abs diff (\S+)", capsys.readouterr().out).group(1))
     assert diff <= 1e-4
 

@@ -48,7 +48,7 @@ def test_detector_exports_end_to_end_with_nms(tmp_path):
     import onnx
 
     from vizoo.data import photo_batch
-    from vizoo.export import export_onnx
+    from vizoo.export import ExportError, convert_to_fp16, export_onnx
 
     torch.manual_seed(0)
     model = create_detector("test_vmamba", 4, fpn_channels=16, num_convs=1, max_detections=30).eval()
@@ -74,6 +74,10 @@ def test_detector_exports_end_to_end_with_nms(tmp_path):
         np.testing.assert_allclose(scores, want["scores"], atol=1e-5)
         np.testing.assert_allclose(boxes, want["boxes"], atol=1e-3)
         assert (np.diff(scores[image_index == 0]) <= 0).all()  # by decreasing score within an image
+
+    with pytest.raises(ExportError, match=r"fp16=True"):  # NMS's coordinates need float32: export, don't convert
+        convert_to_fp16(result.path, tmp_path / "det16.onnx")
+    assert not (tmp_path / "det16.onnx").exists()
 
 
 def test_fp16_detector_keeps_its_postprocessing_in_float32(tmp_path):

@@ -75,7 +75,7 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     """``vizoo finetune det`` and ``vizoo finetune seg`` on the coins folders: the training options reach the run (one
     epoch, a checkpoint in --output), both metrics are reported, the detector exports (--onnx) with parity and the
     segmentor in float16 (--fp16); without data, or with --fp16 alone, they say what to give (exit code 2)."""
-    common = ["--backbone", "test_vmamba", "--img-size", "64", "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"]
+    common = ["--backbone", "test_cas_vit", "--img-size", "64", "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"]
     data = ["--train-images", str(coins["train_images"]), "--val-images", str(coins["val_images"])]
     det, det_out = _finetune(
         capsys,
@@ -110,10 +110,10 @@ def test_finetune_commands_train_evaluate_and_checkpoint(coins, tmp_path, capsys
     images = photo_batch((3, 64, 64), count=2).numpy()
     for now, then in zip(_onnx_outputs(tmp_path / "det.onnx", images), _onnx_outputs(later, images)):
         np.testing.assert_array_equal(now, then)
-    assert vizoo_main(["finetune", "seg", "--backbone", "test_vmamba", "--fp16"]) == 2
+    assert vizoo_main(["finetune", "seg", "--backbone", "test_cas_vit", "--fp16"]) == 2
     assert "--fp16 is an option of the ONNX export: give --onnx FILE too" in capsys.readouterr().err
     for kind, missing in (("det", "--train-ann"), ("seg", "--num-classes")):
-        assert vizoo_main(["finetune", kind, "--backbone", "test_vmamba"]) == 2
+        assert vizoo_main(["finetune", kind, "--backbone", "test_cas_vit"]) == 2
         assert "give --coins DIR, or all of" in (err := capsys.readouterr().err) and missing in err
 
 

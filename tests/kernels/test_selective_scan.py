@@ -197,6 +197,22 @@ def test_softplus_matches_torch_for_any_input(monkeypatch, exporting):
     assert torch.isfinite(softplus(torch.tensor([-1e30, 1e30]))).all()
 
 
+@pytest.mark.parametrize("top", [60.0, 80.0, 1e4], ids=["in-place", "at-limit", "overflowing"])
+def test_softplus_inference_form_matches_torch(top):
+    """Without autograd on a CPU, fp32 inputs up to 80 take exp, +1, log in place; a larger value anywhere sends the
+    whole tensor to torch's op, so nothing overflows. Values to 1e-6 absolute against float64, input untouched."""
+    from vizoo.kernels.selective_scan.chunked import softplus
+
+    x = torch.cat([torch.linspace(-60, 60, 24001), torch.tensor([-1e4, 0.0, top])]).unflatten(0, (4, -1)).t()
+    before = x.clone()
+    with torch.no_grad():
+        y = softplus(x)
+    want = torch.nn.functional.softplus(x.double())
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=1e-6)
+    assert torch.isfinite(y).all() and torch.equal(x, before)
+    assert softplus(torch.empty(0, 4)).shape == (0, 4)
+
+
 def spy_stepwise(monkeypatch):
     """Count the calls of the stepwise CPU loop (``selective_scan.stepwise``) and let it run whatever the state size."""
     from vizoo.kernels.selective_scan import chunked, stepwise

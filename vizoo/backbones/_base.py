@@ -266,12 +266,12 @@ class PlainBackbone(nn.Module):
     """Base of vizoo's isotropic (plain ViT layout) models: patch embedding -> ``blocks`` at one width -> ``norm`` ->
     pooled ``head``, with token features (B, tokens, C) as timm's ViTs return them.
 
-    Subclasses set, in ``__init__``: ``in_chans``, ``num_classes``, ``embed_dim``, ``global_pool``, ``blocks``,
-    ``norm``, ``head``, ``patch_size`` and ``grad_checkpointing``; as class attributes ``pool_types`` (the
-    ``global_pool`` values they take, "" being the patch tokens as a map), ``num_prefix_tokens`` (tokens that are no
-    patch, e.g. a class token) and ``input_multiple``. They define ``embed(x)`` (the first block's input),
-    ``patch_map(tokens, grid)`` ((B, prefix + h·w, C) -> (B, h, w, C)), and ``block_map`` / ``block_tokens`` (a
-    block's output as a map and as tokens).
+    Subclasses set, in ``__init__``: ``in_chans``, ``num_classes``, ``embed_dim``, ``head_hidden_size`` (the width
+    the classifier sees), ``global_pool``, ``blocks``, ``norm``, ``head``, ``patch_size`` and ``grad_checkpointing``;
+    as class attributes ``pool_types`` (the ``global_pool`` values they take, "" being the patch tokens as a map),
+    ``num_prefix_tokens`` (tokens that are no patch, e.g. a class token) and ``input_multiple``. They define
+    ``embed(x)`` (the first block's input), ``patch_map(tokens, grid)`` ((B, prefix + h·w, C) -> (B, h, w, C)), and
+    ``block_map`` / ``block_tokens`` (a block's output as a map and as tokens).
     """
 
     pool_types: tuple[str, ...] = ("avg", "")
@@ -363,5 +363,5 @@ class PlainBackbone(nn.Module):
             self.check_pool(global_pool)
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         place_like(self.head, self)

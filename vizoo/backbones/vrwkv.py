@@ -4,20 +4,27 @@ Duan et al., "Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Li
 https://arxiv.org/abs/2403.02308. Official code: https://github.com/OpenGVLab/Vision-RWKV
 (``classification/mmcls_custom/models/backbones/vrwkv.py``; weights load through ``checkpoint_filter_fn``).
 
-Layout, as released (the RWKV-4-style VRWKV-T/S/B): a 16x16/s16 patch conv, a learned absolute position embedding
+Layout, as released (the RWKV-4-style VRWKV-T/S/B/L): a 16x16/s16 patch conv, a learned absolute position embedding
 (no class token) and ``depth`` blocks at one width; the first block's input passes an extra LayerNorm (``norm_pre``,
 the official ``layers.0.ln0``). A block is
 
     x += DP(γ1 · SpatialMix(LN x)),  x += DP(γ2 · ChannelMix(LN x))           (T)
-    x += DP(γ1 · LN(SpatialMix x)),  x += DP(γ2 · LN(ChannelMix x))           (post_norm: S, B)
+    x += DP(γ1 · LN(SpatialMix x)),  x += DP(γ2 · LN(ChannelMix x))           (post_norm: S, B, L)
 
-with γ a LayerScale (S: initial 1, B: 1e-5, T: none). Both mixers start with Q-Shift: a quarter of the channels each
-takes the value of the left, right, upper and lower neighbour pixel (zeros at the borders), and every projection's
+with γ a LayerScale (S: initial 1, B and L: 1e-5, T: none). Both mixers start with Q-Shift: a quarter of the channels
+each takes the value of the left, right, upper and lower neighbour pixel (zeros at the borders), and every projection's
 input is ``μ·x + (1 - μ)·shift(x)`` with its own learnable μ. SpatialMix projects k, v, r (no bias), runs the
 bidirectional WKV (``vizoo.kernels.bi_wkv``) with decay ``w = spatial_decay / T`` and bonus
 ``u = spatial_first / T`` (T = token count, so the effective decay depends on the input resolution, as in the official
 model), gates with σ(r) and projects out. ChannelMix is ``σ(W_r x_r) · W_v ReLU(W_k x_k)²`` with a 4x hidden width.
 The classifier is the official mmcls one: final LayerNorm, mean over the tokens, Linear.
+
+VRWKV-L (ImageNet-22k pretrained, fine-tuned on ImageNet-1k at 384², trained with the official
+``classification_internimage`` code) adds ``key_norm`` (a LayerNorm on the WKV output and on ChannelMix's hidden
+activations) and a pre-logits layer before the classifier, ``Linear(C, 3072) -> Tanh`` (``head_hidden_size``; the
+official ``VRWKV_Classification`` builds it for every model deeper than 12 blocks). Its position embedding is the
+12x12 grid it was pretrained with (``img_size=192``) and is resampled to the input's grid at every forward, as in the
+official model, so the default 384² input runs it at 24x24.
 
 Tokens travel between blocks as a (B, h, w, C) map, so Q-Shift sees the grid and the blocks are an ``nn.Sequential``.
 ``forward_features`` returns the normed tokens (B, N, C), N = h·w in row-major order, as timm's ViTs do; the
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -189,6 +197,7 @@ class VisionRWKV(PlainBackbone):
         post_norm: LayerNorm on the mixers' outputs instead of their inputs (S, B, L).
         layer_scale: initial LayerScale γ (None: no γ).
         key_norm: LayerNorm inside both mixers (L).
+        head_hidden_size: width of a ``Linear -> Tanh`` pre-logits layer before the classifier (L: 3072; None: none).
         wkv_backend: Bi-WKV backend of every block (None picks per device; see ``vizoo.kernels.bi_wkv``).
         drop_rate: classifier dropout. pos_drop_rate: dropout after the position embedding.
         drop_path_rate: maximum stochastic depth (linear over blocks).
@@ -207,6 +216,7 @@ class VisionRWKV(PlainBackbone):
         post_norm: bool = False,
         layer_scale: float | None = None,
         key_norm: bool = False,
+        head_hidden_size: int | None = None,
         wkv_backend: str | None = None,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
@@ -218,7 +228,8 @@ class VisionRWKV(PlainBackbone):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_features = self.embed_dim = embed_dim
+        self.head_hidden_size = head_hidden_size or embed_dim
         self.patch_size = self.input_multiple = patch_size
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.grad_checkpointing = False
@@ -238,8 +249,11 @@ class VisionRWKV(PlainBackbone):
             ]
         )
         self.norm = nn.LayerNorm(embed_dim)
+        self.pre_logits = nn.Identity()
+        if head_hidden_size:
+            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(embed_dim, head_hidden_size), act=nn.Tanh()))
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         # The official init (mmcls init_cfg): truncated-normal Linears (std 0.02, zero bias), LayerNorms at 1 and 0,
         # the patch conv at PyTorch's default, a zero position embedding; decay, first and μ keep their fancy init.
@@ -274,10 +288,11 @@ class VisionRWKV(PlainBackbone):
         return self.norm(self.forward_map(x)).flatten(1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, N, C) tokens -> logits (or pooled features with ``pre_logits``); see ``global_pool``."""
+        """(B, N, C) tokens -> logits (or the pooled features after the pre-logits layer, (B, head_hidden_size),
+        with ``pre_logits``; ``reset_classifier`` keeps that layer, as timm's heads do); see ``global_pool``."""
         if self.global_pool == "":
             return self.square_map(x)
-        x = self.head_drop(x.mean(dim=1))
+        x = self.head_drop(self.pre_logits(x.mean(dim=1)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,7 +315,10 @@ class VisionRWKV(PlainBackbone):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^pos_embed|^patch_embed|^norm_pre", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^pos_embed|^patch_embed|^norm_pre",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^pre_logits", (99999,))],
+        )
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int]) -> torch.Tensor:
@@ -322,13 +340,17 @@ _OFFICIAL_KEYS = (
     (r"^layers\.(\d+)\.ffn\.", r"blocks.\1.channel_mix."),
     (r"^ln1\.", "norm."),
     (r"^head\.fc\.", "head."),
+    # VRWKV-L (classification_internimage): head = Sequential(Linear, Tanh, Linear)
+    (r"^head\.0\.", "pre_logits.fc."),
+    (r"^head\.2\.", "head."),
 )
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionRWKV) -> dict[str, torch.Tensor]:
     """Map an official Vision-RWKV checkpoint (mmcls ``ImageClassifier``: ``backbone.*``, ``head.fc.*``, e.g. the HF
-    ``vrwkv_*_in1k_224.pth`` files, whose ``state_dict`` ``read_state_dict`` unwraps) to vizoo's keys, resampling the
-    position embedding when its grid differs from the model's.
+    ``vrwkv_*_in1k_224.pth`` files, whose ``state_dict`` ``read_state_dict`` unwraps; or the ``VRWKV_Classification``
+    of ``classification_internimage``, ``backbone.*``, ``head.{0,2}.*``, as ``vrwkv_l_22kto1k_384.pth``) to vizoo's
+    keys, resampling the position embedding when its grid differs from the model's.
 
     Raises ``CheckpointError`` listing missing and unexpected keys if the result does not fit ``model``.
     """
@@ -374,9 +396,11 @@ def _cfg(filename: str = "", input_size: tuple[int, int, int] = (3, 224, 224), e
 
 
 # Official ImageNet-1k weights: the files of the HF repo OpenGVLab/Vision-RWKV (apache-2.0) that the README's table
-# links; pretrained=True downloads them into the HF cache. Eval as the official mmcls test pipeline: short side 256
-# (bicubic), centre crop 224 (crop_pct 0.875), ImageNet mean/std.
-# paper_*: the README's / paper's table at 224²; its FLOPs are mmcv's MAC count plus 29·T·C per block for the WKV.
+# links; pretrained=True downloads them into the HF cache. Eval as the official test pipelines: T/S/B (mmcls) short
+# side 256 (bicubic), centre crop 224 (crop_pct 0.875); L (classification_internimage, TEST.CROP) short side 384
+# (bicubic), centre crop 384 (crop_pct 1.0); ImageNet mean/std.
+# paper_*: the README's / paper's table at the cfg's input size; its FLOPs are mmcv's MAC count plus 29·T·C per block
+# for the WKV.
 default_cfgs = generate_default_cfgs(
     {
         "vrwkv_tiny.in1k": _cfg("vrwkv_t_in1k_224.pth", paper_params_m=6.2, paper_gmacs=1.2, paper_top1=75.1),
@@ -386,12 +410,22 @@ default_cfgs = generate_default_cfgs(
         "vrwkv_base.in1k": _cfg(
             "vrwkv_b_in1k_224.pth", embed_dim=768, paper_params_m=93.7, paper_gmacs=18.2, paper_top1=82.0
         ),
+        "vrwkv_large.in22k_ft_in1k": _cfg(
+            "vrwkv_l_22kto1k_384.pth",
+            input_size=(3, 384, 384),
+            embed_dim=1024,
+            crop_pct=1.0,
+            paper_params_m=334.9,
+            paper_gmacs=189.5,
+            paper_top1=86.0,
+        ),
         "test_vrwkv.untrained": _cfg(input_size=(3, 64, 64), embed_dim=32, crop_pct=1.0),
     }
 )
 
 
-# The official configs' settings (classification/configs/vrwkv/*.py); drop_path_rate is each variant's training value.
+# The official configs' settings (T/S/B: classification/configs/vrwkv/*.py; L:
+# classification_internimage/configs/vrwkv_l_22kto1k_384.yaml); drop_path_rate is each variant's training value.
 @register_model
 def vrwkv_tiny(pretrained: bool = False, **kwargs) -> VisionRWKV:
     model_args = dict(embed_dim=192, depth=12, drop_path_rate=0.0)
@@ -408,6 +442,23 @@ def vrwkv_small(pretrained: bool = False, **kwargs) -> VisionRWKV:
 def vrwkv_base(pretrained: bool = False, **kwargs) -> VisionRWKV:
     model_args = dict(embed_dim=768, depth=12, post_norm=True, layer_scale=1e-5, drop_path_rate=0.5)
     return _create_vrwkv("vrwkv_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vrwkv_large(pretrained: bool = False, **kwargs) -> VisionRWKV:
+    """VRWKV-L: position embedding for a 12x12 grid (the official MODEL.VRWKV.IMG_SIZE 192), resampled to the 24x24
+    grid of its 384² input; ``img_size=384`` stores it at 24x24 instead (resampled once when the weights load)."""
+    model_args = dict(
+        img_size=192,
+        embed_dim=1024,
+        depth=24,
+        post_norm=True,
+        layer_scale=1e-5,
+        key_norm=True,
+        head_hidden_size=3072,
+        drop_path_rate=0.1,
+    )
+    return _create_vrwkv("vrwkv_large", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -18,11 +18,12 @@ from vizoo.export.onnx import (
 from vizoo.export.onnx import graph_module as graph_module  # what a model exports as; `vizoo export` and docs use it
 from vizoo.export.onnx import resolve_model as resolve_model  # a model name or instance; `vizoo export` uses it
 from vizoo.export.ort_format import convert_to_ort, mobile_usability
-from vizoo.export.quantize import quantize_int8
+from vizoo.export.quantize import convert_to_fp16, quantize_int8
 
 __all__ = [
     "ExportError",
     "ExportResult",
+    "convert_to_fp16",
     "convert_to_ort",
     "detection_diff",
     "export_onnx",

@@ -1,5 +1,6 @@
 """Reduced precision for exported graphs: int8 with onnxruntime's quantizer (``quantize_int8``: dynamic, or static
-QDQ calibrated on images) and float16 (``_to_fp16``, which ``export_onnx(fp16=True)`` applies).
+QDQ calibrated on images) and float16 (``convert_to_fp16`` for a saved graph; ``export_onnx(fp16=True)`` applies the
+same conversion).
 
 Apart from the export because both work on a finished ONNX graph and need onnxruntime's quantization tools.
 """
@@ -22,6 +23,25 @@ def _to_fp16(onnx_model):
     converted = onnx_ir.from_proto(convert_float_to_float16(onnx_model, keep_io_types=True))
     converted.graph.sort()  # the converter appends its input casts after their readers
     return onnx_ir.to_proto(converted)
+
+
+def convert_to_fp16(path: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """An exported float32 graph at ``path`` as float16 at ``output``: weights and activations in float16, inputs and
+    outputs kept in float32, as ``export_onnx(fp16=True)`` writes it. An end-to-end detector graph is refused: its
+    post-processing must stay in float32, which ``export_onnx(detector, ..., fp16=True)`` arranges."""
+    import onnx
+
+    from vizoo.export.onnx import ExportError
+
+    graph = onnx.load(os.fspath(path))
+    if any(node.op_type == "NonMaxSuppression" for node in graph.graph.node):
+        raise ExportError(
+            f"{path} is an end-to-end detector graph, whose boxes and NMS must stay in float32: export the detector "
+            "with export_onnx(detector, path, fp16=True) instead"
+        )
+    output = Path(output)
+    onnx.save(_to_fp16(graph), output)
+    return output
 
 
 def quantize_int8(

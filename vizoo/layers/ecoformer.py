@@ -293,7 +293,8 @@ class EcoFormerAttention(nn.Module):
         if self.fit_on_next_forward or (self.training and not self.hashing.is_fitted):
             self.hashing.fit(qk)
             self.fit_on_next_forward = False
-        elif not self.hashing.is_fitted and not self._warned_unfitted:
+        elif not self.hashing.is_fitted and not self._warned_unfitted and not torch.compiler.is_compiling():
+            # A warning would break a compiled graph; eager calls (and timm.create_model users) still see it.
             warnings.warn(
                 "EcoFormer hashing is not fitted: it uses its seeded random init. Train, call "
                 "model.fit_hashing(images), or load a fitted checkpoint first.",
