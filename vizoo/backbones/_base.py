@@ -240,13 +240,7 @@ class StagedBackbone(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the stages after the last index in ``indices`` (and the norm/head); return the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+        return prune_after(self, "stages", indices, prune_norm, prune_head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, H/r, W/r, num_features) if ``features_fmt`` (default ``output_fmt``) is NHWC, else
@@ -342,13 +336,7 @@ class PlainBackbone(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last index in ``indices`` (and the norm/head); return the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+        return prune_after(self, "blocks", indices, prune_norm, prune_head)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -365,3 +353,17 @@ class PlainBackbone(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         place_like(self.head, self)
+
+
+def prune_after(
+    model: nn.Module, layers: str, indices: int | list[int], prune_norm: bool, prune_head: bool
+) -> list[int]:
+    """timm's ``prune_intermediate_layers`` for a model whose feature layers are the sequence ``model.<layers>``: keep
+    them up to the last of ``indices``, optionally drop the final norm and the head; return the kept indices."""
+    take_indices, max_index = feature_take_indices(len(getattr(model, layers)), indices)
+    setattr(model, layers, getattr(model, layers)[: max_index + 1])
+    if prune_norm:
+        model.norm = nn.Identity()
+    if prune_head:
+        model.reset_classifier(0, "")
+    return take_indices
