@@ -7,8 +7,12 @@ specification.
 
 The default is ``"triton"`` for CUDA tensors when triton is installed, and ``"torch"`` otherwise: on the CPU, and
 whenever a model is being exported (``torch.export`` or ONNX), so that exported graphs hold plain torch ops that run
-anywhere. A forced ``"triton"`` is honoured during ``torch.export`` (the graph then holds vizoo's custom ops). On a
-CPU, Triton kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``, set before triton is first imported).
+anywhere. A kernel with a compiled CPU loop (``"cpu"``, numba) gets it by default for eager CPU calls that the loop
+serves: the caller says which (no gradient wanted), and nothing may be tracing or watching the ops (a
+``TorchDispatchMode`` such as ``FlopCounterMode`` sees only torch ops, and the loop is not one).
+
+A forced ``"triton"`` is honoured during ``torch.export`` (the graph then holds vizoo's custom ops). On a CPU, Triton
+kernels run only under Triton's interpreter (``TRITON_INTERPRET=1``, set before triton is first imported).
 
 Under ``torch.autocast`` every kernel computes in fp32 (``fp32_under_autocast``): autocast would otherwise run the
 matrix products inside the torch paths (linear attention's KV and q·KV, the scans' step-size and B/C projections) in
@@ -58,9 +62,12 @@ def is_traced() -> bool:
     return is_exporting() or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
-def default_backend(registry: dict[str, Callable], device: torch.device) -> str:
+def default_backend(registry: dict[str, Callable], device: torch.device, cpu_loop: bool = False) -> str:
     if "triton" in registry and device.type == "cuda" and TRITON_INSTALLED and not is_exporting():
         return "triton"
+    if cpu_loop and "cpu" in registry and device.type == "cpu" and not is_traced() and not _dispatch_mode_active():
+        if numba_problem() is None:
+            return "cpu"
     return "torch"
 
 
@@ -83,16 +90,51 @@ def triton_problem(device: torch.device) -> str | None:
     return None
 
 
-def pick_backend(op: str, registry: dict[str, Callable], requested: str | None, device: torch.device) -> Callable:
-    """Return the implementation of ``op`` for ``requested`` (or the default for ``device`` when None)."""
+def pick_backend(
+    op: str, registry: dict[str, Callable], requested: str | None, device: torch.device, cpu_loop: bool = False
+) -> Callable:
+    """Return the implementation of ``op`` for ``requested`` (or the default for ``device`` when None). ``cpu_loop``:
+    the call is one the op's compiled CPU loop serves, so an eager CPU default takes it."""
     name = requested if requested is not None else (_forced[-1] if _forced else None)
     if name is None:
-        name = default_backend(registry, device)
+        name = default_backend(registry, device, cpu_loop)
     if name not in registry:
         raise ValueError(f"{op}: unknown backend {name!r}; choose one of {available_backends(registry)} or pass None")
     if name == "triton" and (problem := triton_problem(device)) is not None:
         raise RuntimeError(f"{op}: backend 'triton' {problem}")
+    if name == "cpu" and (problem := cpu_loop_problem(device)) is not None:
+        raise RuntimeError(f"{op}: backend 'cpu' {problem}")
     return registry[name]
+
+
+def _dispatch_mode_active() -> bool:
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
+@functools.cache
+def numba_problem() -> str | None:
+    """Why numba cannot be used here (not installed, or failing to import), or None if it can. Probed once."""
+    if importlib.util.find_spec("numba") is None:
+        return "needs the numba package, which is not installed; pip install numba, or use backend='torch'"
+    try:
+        importlib.import_module("numba")  # optional: only probed, so that the loops' modules can import it
+    except ImportError as error:  # e.g. a numba built for another numpy
+        return f"needs numba, which fails to import ({error}); pip install -U numba, or use backend='torch'"
+    return None
+
+
+def cpu_loop_problem(device: torch.device) -> str | None:
+    """Why a compiled CPU loop cannot run on ``device`` here, or None if it can."""
+    if (problem := numba_problem()) is not None:
+        return problem
+    if device.type != "cpu":
+        return f"runs on CPU tensors, got {device.type}; use backend='torch' or 'triton'"
+    return None
+
+
+def wants_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record an op on ``tensors``: grad mode on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import fp32_under_autocast, pick_backend
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend, wants_grad
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.cross_scan import route_order
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
@@ -20,10 +20,18 @@ def cross_selective_scan_triton(*args, **kwargs):
     return cross_selective_scan_triton(*args, **kwargs)
 
 
+def cross_selective_scan_cpu(*args, **kwargs):
+    """The compiled CPU loop, imported on first use (the module needs numba, and compiles on its first call)."""
+    from vizoo.kernels.cross_selective_scan.cpu import cross_selective_scan_cpu
+
+    return cross_selective_scan_cpu(*args, **kwargs)
+
+
 BACKENDS = {
     "reference": cross_selective_scan_reference,
     "torch": cross_selective_scan_torch,
     "triton": cross_selective_scan_triton,
+    "cpu": cross_selective_scan_cpu,
 }
 
 
@@ -61,8 +69,9 @@ def cross_selective_scan(
         delta_bias: optional (4·d,) added to the step sizes.
         out_channel_first: return (b, d, h·w) if True, else (b, h·w, d).
         out_fp32: return fp32 whatever x's dtype.
-        backend: "reference", "torch" (step-major scan for n = 1, see ``torch_ops``), "triton" (one fused kernel) or
-            None.
+        backend: "reference", "torch" (step-major scan for n = 1, see ``torch_ops``), "triton" (one fused kernel),
+            "cpu" (one compiled CPU loop, gradients for n = 1; needs numba, and ``x_proj`` with ``delta_proj``; see
+            ``cpu``) or None: "triton" on CUDA, "cpu" for eager CPU calls it serves, "torch" otherwise.
         delta_proj: optional (4, d, r) per-route step-size projection (SS2D's ``dt_projs_weight``): the step sizes
             are ``delta_proj @ delta``. The torch path projects after putting the rank-r inputs in its own order.
         x_proj: optional (4, r + 2n, d) per-route projection of x (SS2D's ``x_proj_weight``) giving each route's
@@ -72,17 +81,20 @@ def cross_selective_scan(
     Returns:
         The merged map in x's dtype (fp32 with ``out_fp32``).
     """
-    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device)
+    projected_form = x_proj is not None and delta_proj is not None and delta_proj.dim() == 3
+    # the loop's backward covers d_state 1; with n > 1 it serves inference
+    cpu_loop = projected_form and (A.shape[-1] == 1 or not wants_grad(x, A, D, delta_bias, delta_proj, x_proj))
+    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device, cpu_loop)
     n = A.shape[-1]
     if x_proj is not None:
         _check_projection(x, x_proj, delta, B, C, n, delta_proj)
-        if impl is not cross_selective_scan_torch or n != 1:
+        if not (impl is cross_selective_scan_cpu or (impl is cross_selective_scan_torch and n == 1)):
             delta, B, C = route_ordered_projections(x, x_proj, n, backend)
             x_proj = None
     _check_inputs(x, delta, A, B, C, D, delta_bias, delta_proj)
     b, d, h, w = x.shape
     record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, n, D is not None))
-    projection = {} if x_proj is None else {"x_proj": x_proj}  # only the torch path with n = 1 takes it
+    projection = {} if x_proj is None else {"x_proj": x_proj}  # the cpu loop and the torch path with n = 1 take it
     return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, **projection)
 
 

@@ -35,7 +35,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from vizoo.kernels.backend import is_exporting, is_traced
+from vizoo.kernels.backend import is_exporting, is_traced, wants_grad
 from vizoo.kernels.selective_scan.stepwise import scan_stepwise, stepwise_applies
 
 CHUNK = 8
@@ -161,15 +161,11 @@ def selective_scan_chunked(
     """
     if recompute_in_backward(A, u, delta, B, C, D, z, delta_bias):
         return RecomputedScan.apply(delta_softplus, return_last_state, u, delta, A, B, C, D, z, delta_bias)
-    if stepwise_applies(u, A) and not _wants_grad(A, u, delta, B, C, D, z, delta_bias):
+    if stepwise_applies(u, A) and not wants_grad(A, u, delta, B, C, D, z, delta_bias):
         read_out, last_state = scan_stepwise(u, delta, A, B, C, delta_bias, delta_softplus)
         y = skip_and_gate(read_out, u.float(), D, z).to(u.dtype)
         return (y, last_state) if return_last_state else y
     return scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-
-
-def _wants_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def recompute_in_backward(A: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
@@ -178,7 +174,7 @@ def recompute_in_backward(A: torch.Tensor, *tensors: torch.Tensor | None) -> boo
     With n = 1 the saved steps are no larger than the inputs and recomputing only costs time. Under export, tracing or
     ``torch.compile`` the plain path keeps the graph free of a Python autograd function.
     """
-    return A.shape[1] > 1 and _wants_grad(A, *tensors) and not is_traced()
+    return A.shape[1] > 1 and wants_grad(A, *tensors) and not is_traced()
 
 
 def scan_chunked(

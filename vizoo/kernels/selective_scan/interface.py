@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import fp32_under_autocast, pick_backend
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend, wants_grad
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.selective_scan.chunked import selective_scan_chunked
 from vizoo.kernels.selective_scan.reference import selective_scan_reference
@@ -17,7 +17,19 @@ def selective_scan_triton(*args, **kwargs):
     return selective_scan_triton(*args, **kwargs)
 
 
-BACKENDS = {"reference": selective_scan_reference, "torch": selective_scan_chunked, "triton": selective_scan_triton}
+def selective_scan_cpu(*args, **kwargs):
+    """The compiled CPU loop, imported on first use (the module needs numba, and compiles on its first call)."""
+    from vizoo.kernels.selective_scan.cpu import selective_scan_cpu
+
+    return selective_scan_cpu(*args, **kwargs)
+
+
+BACKENDS = {
+    "reference": selective_scan_reference,
+    "torch": selective_scan_chunked,
+    "triton": selective_scan_triton,
+    "cpu": selective_scan_cpu,
+}
 
 
 @fp32_under_autocast
@@ -49,14 +61,16 @@ def selective_scan(
         delta_bias: optional (d,) added to delta, then ``softplus`` if ``delta_softplus``.
         return_last_state: also return the final state (b, d, n) in fp32, without gradient.
         backend: ``"reference"`` (sequential loop, the specification), ``"torch"`` (parallel chunked form, exportable),
-            ``"triton"`` (GPU kernels; d_state up to 64) or None for the best path on the input's device.
+            ``"triton"`` (GPU kernels; d_state up to 64), ``"cpu"`` (one compiled CPU loop, no gradient; needs numba)
+            or None for the best path on the input's device (the CPU loop for eager CPU inference).
         out_fp32: return y in fp32 whatever u's dtype (fp16 in and out can overflow to inf, then NaN).
 
     Returns:
         y (b, d, l) in u's dtype (fp32 with ``out_fp32``), and the last state when asked.
     """
     B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    impl = pick_backend("selective_scan", BACKENDS, backend, u.device)
+    cpu_loop = not wants_grad(u, delta, A, B, C, D, z, delta_bias)
+    impl = pick_backend("selective_scan", BACKENDS, backend, u.device, cpu_loop)
     record_kernel_macs(
         "selective_scan", selective_scan_macs(*u.shape, A.shape[1], with_d=D is not None, with_z=z is not None)
     )
