@@ -115,49 +115,16 @@ def _backward_pieces(
     for i in numba.prange(work.shape[0]):
         image, c0, c1, block = work[i, 0], work[i, 1], work[i, 2], work[i, 3]
         _backward_piece(
-            grad_y,
-            u,
-            projected,
-            delta_weight,
-            delta_bias,
-            A,
-            skip,
-            states,
-            height,
-            width,
-            image,
-            c0,
-            c1,
-            block,
-            softplus,
-            *grads,
-        )
+            grad_y, u, projected, delta_weight, delta_bias, A, skip, states, height, width, image, c0, c1, block,
+            softplus, *grads,
+        )  # fmt: skip
 
 
 @numba.njit(nogil=True, fastmath=FAST_SUMS, cache=True)
 def _backward_piece(
-    grad_y,
-    u,
-    projected,
-    delta_weight,
-    delta_bias,
-    A,
-    skip,
-    states,
-    height,
-    width,
-    image,
-    c0,
-    c1,
-    block,
-    softplus,
-    grad_u,
-    grad_projected,
-    grad_weight,
-    grad_bias,
-    grad_A,
-    grad_skip,
-):
+    grad_y, u, projected, delta_weight, delta_bias, A, skip, states, height, width, image, c0, c1, block, softplus,
+    grad_u, grad_projected, grad_weight, grad_bias, grad_A, grad_skip,
+):  # fmt: skip
     """The gradients of ``_forward_piece`` (n = 1) for channels c0..c1 of one image, each route scanned backwards.
 
     With g_t = dL/dh_t = C_t dy_t + a_(t+1) g_(t+1) and h_t = a_t h_(t-1) + Δ_t B_t u_t, a_t = exp(Δ_t A):
