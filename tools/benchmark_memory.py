@@ -77,6 +77,7 @@ def run_child(args: argparse.Namespace) -> dict:
     import torch
 
     import vizoo  # noqa: F401  (registers the vizoo models)
+    from vizoo.kernels import force_backend
     from vizoo.kernels.selective_scan import chunked
 
     torch.set_num_threads(args.threads)
@@ -88,10 +89,11 @@ def run_child(args: argparse.Namespace) -> dict:
     build_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def step(hooks=None) -> None:
-        with hooks or contextlib.nullcontext():
+        with hooks or contextlib.nullcontext(), force_backend("torch"):  # the torch path, not the CPU loops
             y = model(x)
         if args.mode == "train":
-            y.float().square().mean().backward()
+            with force_backend("torch"):
+                y.float().square().mean().backward()
             model.zero_grad(set_to_none=True)
 
     storages: dict[int, int] = {}

@@ -1,5 +1,6 @@
-"""The compiled CPU loop of ``selective_scan`` (backend "cpu", numba) against the reference: values and last states over
-shapes, d_state, groups (channel blocks that straddle them), gates, dtypes and layouts; and which calls take it."""
+"""The compiled CPU loop of ``selective_scan`` (backend "cpu", numba) against the reference: values, last states and
+gradients over shapes, d_state, groups (channel blocks that straddle them), gates, dtypes and layouts; what training
+keeps; and which calls take it."""
 
 import pytest
 import torch
@@ -54,7 +55,8 @@ def test_cpu_loop_optional_inputs_layouts_and_dtypes():
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_default_takes_the_loop_for_eager_inference_only(monkeypatch):
+def test_default_takes_the_loop_for_eager_calls(monkeypatch):
+    """Eager CPU calls take the loop, training too; FLOP counting and a forced backend take torch."""
     calls = []
     loop = cpu.selective_scan_cpu
     monkeypatch.setattr(cpu, "selective_scan_cpu", lambda *a, **k: calls.append(1) or loop(*a, **k))
@@ -72,7 +74,61 @@ def test_default_takes_the_loop_for_eager_inference_only(monkeypatch):
         with force_backend("torch"):
             assert not taken(lambda: selective_scan(*inputs, delta_softplus=True))
     leaves = [t.clone().requires_grad_(True) for t in inputs]
-    assert not taken(lambda: selective_scan(*leaves, delta_softplus=True).sum().backward())
+    assert taken(lambda: selective_scan(*leaves, delta_softplus=True).sum().backward())
     assert all(t.grad is not None for t in leaves)
-    with pytest.raises(RuntimeError, match="backend 'cpu' computes no gradients; use backend='torch'"):
-        selective_scan(*leaves, backend="cpu")
+
+
+def run_with_grads(backend, inputs, gated=True, softplus=True):
+    """y, the last state and the gradient of every input, for one random output gradient."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    u, delta, A, B, C, D, z, bias = leaves
+    z = z if gated else None
+    y, last = selective_scan(u, delta, A, B, C, D, z, bias, softplus, True, backend=backend)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.dtype))
+    grads = [t.grad for t in leaves]
+    return [y, last] + [g for g in grads if g is not None]
+
+
+@pytest.mark.parametrize(
+    "b, d, length, n, groups",
+    [(1, 16, 33, 16, 1), (2, 40, 7, 1, 4), (3, 17, 5, 4, 1), (1, 8, 1, 2, 2), (2, 96, 50, 16, 3)],
+)
+@pytest.mark.parametrize("gated", [True, False])
+def test_cpu_loop_gradients_match_reference(b, d, length, n, groups, gated):
+    """Every input's gradient; lengths that are not a multiple of the loop's chunk, groups straddling pieces."""
+    inputs = make_inputs(b, d, length, n, groups)
+    for got, want in zip(run_with_grads("cpu", inputs, gated), run_with_grads("reference", inputs, gated)):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6 * want.abs().max().item())
+
+
+def test_cpu_loop_gradients_without_softplus_strided_and_bf16():
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 24, 19, 4, 2)
+    strided = (u.transpose(1, 2).contiguous().transpose(1, 2), delta.abs(), A, B, C, D, z, bias.abs())
+    for got, want in zip(
+        run_with_grads("cpu", strided, softplus=False), run_with_grads("reference", strided, softplus=False)
+    ):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6 * want.abs().max().item())
+    low = (u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, z.bfloat16(), bias)
+    got = run_with_grads("cpu", low)
+    want = run_with_grads("reference", [t.float() for t in low])
+    assert got[2].dtype == torch.bfloat16
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, rtol=3e-2, atol=3e-2 * b.abs().max().item())
+
+
+def test_training_keeps_states_only_every_chunk():
+    """With d_state 16 autograd keeps the inputs and one state per CHUNK steps: about the inputs' size, where every
+    step's state would be 16 times u."""
+    inputs = [t.requires_grad_(True) for t in make_inputs(2, 64, 256, 16, 1)]
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan(*inputs, delta_softplus=True, backend="cpu")
+    u = inputs[0]
+    inputs_bytes = sum(t.numel() * 4 for t in inputs)
+    checkpoint_bytes = u.numel() * 16 // cpu.CHUNK * 4
+    assert sum(storages.values()) <= inputs_bytes + checkpoint_bytes + u.numel() * 4

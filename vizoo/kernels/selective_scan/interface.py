@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import fp32_under_autocast, pick_backend, wants_grad
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.selective_scan.chunked import selective_scan_chunked
 from vizoo.kernels.selective_scan.reference import selective_scan_reference
@@ -61,16 +61,15 @@ def selective_scan(
         delta_bias: optional (d,) added to delta, then ``softplus`` if ``delta_softplus``.
         return_last_state: also return the final state (b, d, n) in fp32, without gradient.
         backend: ``"reference"`` (sequential loop, the specification), ``"torch"`` (parallel chunked form, exportable),
-            ``"triton"`` (GPU kernels; d_state up to 64), ``"cpu"`` (one compiled CPU loop, no gradient; needs numba)
-            or None for the best path on the input's device (the CPU loop for eager CPU inference).
+            ``"triton"`` (GPU kernels; d_state up to 64), ``"cpu"`` (one compiled CPU loop, forward and
+            backward; needs numba) or None for the best path on the input's device (the CPU loop for eager CPU calls).
         out_fp32: return y in fp32 whatever u's dtype (fp16 in and out can overflow to inf, then NaN).
 
     Returns:
         y (b, d, l) in u's dtype (fp32 with ``out_fp32``), and the last state when asked.
     """
     B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    cpu_loop = not wants_grad(u, delta, A, B, C, D, z, delta_bias)
-    impl = pick_backend("selective_scan", BACKENDS, backend, u.device, cpu_loop)
+    impl = pick_backend("selective_scan", BACKENDS, backend, u.device, cpu_loop=True)
     record_kernel_macs(
         "selective_scan", selective_scan_macs(*u.shape, A.shape[1], with_d=D is not None, with_z=z is not None)
     )
