@@ -650,11 +650,11 @@ def memory_section(path: Path, rows: list[Row]) -> Section:
     for (model, mode, batch, size), crows in by_case.items():
         paths = {r["path"]: r for r in crows}
         used_runs.add(crows[0]["run"])
-        for name in ("plain", "recompute"):
+        for name in ("plain", "recompute", "cpu"):
             r = paths.get(name)
             if r is None:
                 continue
-            plain = paths.get("plain") if name == "recompute" else None
+            plain = paths.get("plain") if name != "plain" else None
 
             def rel(key: str, r: Row = r, plain: Row | None = plain) -> str:
                 own, base = num(r, key), num(plain or {}, key)
@@ -679,8 +679,9 @@ def memory_section(path: Path, rows: list[Row]) -> Section:
     header = ["model", "mode", "batch", "input", "path", "status", "peak / plain", "saved / plain", "step / plain"]
     header += ["peak RSS MB", "saved MB", "step ms"]
     lines = [
-        "Training memory of the torch selective scan: the recompute path against the plain path of the same run "
-        "(peak resident memory of a fresh process, bytes autograd saves in one forward, time of a step).",
+        "Training memory of the selective scans: the torch path's recompute form and the compiled CPU loops (`cpu`, "
+        "the default for eager CPU training) against the torch path's plain form in the same run (peak resident "
+        "memory of a fresh process, bytes autograd saves in one forward, time of a step).",
         "",
         *table(header, body, [False, False, True, True, False, False, *[True] * 6]),
         "",

@@ -1,8 +1,10 @@
-"""CPU memory and step time of training through the torch selective scan: the plain path against the recompute path.
+"""CPU memory and step time of training through the selective scans: the torch path's plain and recompute forms, and
+the compiled CPU loops.
 
 With d_state n > 1 the torch selective scan (``vizoo.kernels.selective_scan.chunked``) keeps only its inputs for the
-backward and recomputes the rest there (``RecomputedScan``). This tool measures what that saves, for each model on
-both paths, in the same run:
+backward and recomputes the rest there (``RecomputedScan``); the CPU loops (backend ``"cpu"``, what eager CPU training
+takes by default) keep one state every few steps. This tool measures what each keeps, for each model on every path,
+in the same run:
 
 - ``peak_rss_mb``: the child process's peak resident memory (``ru_maxrss``) over model build, one step with the
   saved-tensor count and ``--steps`` timed steps; ``build_rss_mb`` the same up to the built model (the imports, the
@@ -14,8 +16,9 @@ both paths, in the same run:
 Every (model, path) runs in a fresh subprocess, so that peak memory is its own, with an address-space limit
 (``--mem-limit-gb``) so that a path that runs out of memory fails alone (status ``oom``) rather than the machine. The
 plain path is selected in the child by switching ``recompute_in_backward`` off, which is what the library does under
-export and ``torch.compile``. Rows are appended to ``results/memory_<machine>.csv`` (``--out`` to write elsewhere),
-which tools/benchmark_docs.py renders into docs/benchmarks.md; the recompute/plain ratios are printed.
+export and ``torch.compile``; both torch forms run under ``force_backend("torch")``, the ``cpu`` path under the default
+choice. Rows are appended to ``results/memory_<machine>.csv`` (``--out`` to write elsewhere), which
+tools/benchmark_docs.py renders into docs/benchmarks.md; each path's ratios to the plain path are printed.
 
 python tools/benchmark_memory.py                                          # vanilla_vmamba_tiny and _small, 224²
 python tools/benchmark_memory.py --models vanilla_vmamba_base --mode forward --paths recompute
@@ -49,7 +52,7 @@ MEASURED = [
     "step_ms",
 ]
 COLUMNS = [*COMMON_COLUMNS, *MEASURED]  # the file's header: the run's columns, then the measurement's
-PATHS = ("plain", "recompute")
+PATHS = ("plain", "recompute", "cpu")  # the torch path's two forms, then the CPU loops
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,11 +91,14 @@ def run_child(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     build_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    def backend():
+        return contextlib.nullcontext() if path == "cpu" else force_backend("torch")
+
     def step(hooks=None) -> None:
-        with hooks or contextlib.nullcontext(), force_backend("torch"):  # the torch path, not the CPU loops
+        with hooks or contextlib.nullcontext(), backend():
             y = model(x)
         if args.mode == "train":
-            with force_backend("torch"):
+            with backend():
                 y.float().square().mean().backward()
             model.zero_grad(set_to_none=True)
 
@@ -140,19 +146,18 @@ def measure(args: argparse.Namespace, model: str, path: str) -> dict:
 
 
 def ratios(rows: list[dict]) -> list[str]:
-    """Lines of recompute/plain ratios of peak RSS, saved bytes and step time, per model."""
+    """Lines of each path's ratios to the plain path (peak RSS, saved bytes, step time), per model."""
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
         by_path = {r["path"]: r for r in rows if r["model"] == model and r["status"] == "ok"}
-        if len(by_path) < 2:
-            continue
-        plain, recompute = by_path["plain"], by_path["recompute"]
-        parts = [
-            f"{key} {recompute[key] / plain[key]:.2f}x"
-            for key in ("peak_rss_mb", "saved_mb", "step_ms")
-            if plain[key] not in ("", 0) and recompute[key] != ""
-        ]
-        lines.append(f"{model}: recompute / plain: " + ", ".join(parts))
+        plain = by_path.pop("plain", None)
+        for name, other in by_path.items() if plain else ():
+            parts = [
+                f"{key} {other[key] / plain[key]:.2f}x"
+                for key in ("peak_rss_mb", "saved_mb", "step_ms")
+                if plain[key] not in ("", 0) and other[key] != ""
+            ]
+            lines.append(f"{model}: {name} / plain: " + ", ".join(parts))
     return lines
 
 

@@ -33,23 +33,32 @@ SMALL_MODELS = [name for name in vizoo.list_models() if name.startswith("test_")
 FORBIDDEN_OPS = {"Loop", "Scan", "CumSum", "Einsum", "If"}  # no control flow; nothing mobile runtimes lack for scans
 
 
-@pytest.fixture(scope="module", params=SMALL_MODELS)
-def exported(request, tmp_path_factory):
-    """The small variant of every family, exported once per worker: (model, ExportResult)."""
-    model = timm.create_model(request.param).eval()
-    return model, export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_every_family_exports(name, tmp_path, subtests):
+    """The small variant of every family, exported once (one test, so that no two workers export the same model),
+    then checked for parity, a plain graph, float16, int8 and the mobile report."""
+    model = timm.create_model(name).eval()
+    result = export_onnx(model, tmp_path / f"{name}.onnx")
+    checks = {
+        "parity and dynamic batch on real images": _parity_and_dynamic_batch,
+        "plain graph with native LayerNorm": _plain_graph_with_native_layernorm,
+        "float16 graph is close": _fp16_graph_is_close,
+        "int8 quantization stays close": _int8_quantization_stays_close,
+        "mobile report and ORT format": _mobile_report_and_ort_format,
+    }
+    for check_name, check in checks.items():
+        with subtests.test(check_name):
+            check(model, result, tmp_path)
 
 
-def test_parity_and_dynamic_batch_on_real_images(exported):
-    model, result = exported
+def _parity_and_dynamic_batch(model, result, tmp_path):
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
     for batch in (1, 5):
         images = photo_batch(model.pretrained_cfg["input_size"], count=batch)
         assert max_abs_diff(result.path, model, images) <= 1e-4
 
 
-def test_graph_is_plain_and_uses_native_layernorm(exported):
-    model, result = exported
+def _plain_graph_with_native_layernorm(model, result, tmp_path):
     graph = onnx.load(result.path)
     onnx.checker.check_model(graph)
     ops = {n.op_type for n in graph.graph.node}
@@ -58,6 +67,43 @@ def test_graph_is_plain_and_uses_native_layernorm(exported):
         assert "LayerNormalization" in ops
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert all(o.domain in ("", "ai.onnx") for o in graph.opset_import if o.version)  # no ATen fallback ops
+
+
+def _fp16_graph_is_close(model, result, tmp_path):
+    """The float32 graph converted to float16: float32 in and out, float16 inside, within 5% of eager."""
+    path = convert_to_fp16(result.path, tmp_path / "fp16.onnx")
+    images = photo_batch(model.pretrained_cfg["input_size"])
+    with torch.no_grad():
+        expected = model(images).numpy()
+    out = run_onnx(path, images)
+    assert out.dtype == np.float32
+    assert np.abs(out - expected).max() <= 0.05 * np.abs(expected).max()
+    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in onnx.load(path).graph.initializer}
+
+
+def _int8_quantization_stays_close(model, result, tmp_path):
+    """Dynamic and calibrated (static) int8 quantization both run and correlate with the float32 graph."""
+    images = photo_batch(model.pretrained_cfg["input_size"], count=7)
+    fp32 = run_onnx(result.path, images)
+    for calibrate in (False, True):
+        q_path = quantize_int8(
+            result.path, tmp_path / f"q{int(calibrate)}.onnx", calibration=images[:4] if calibrate else None
+        )
+        ops = {n.op_type for n in onnx.load(q_path).graph.node}
+        assert ops & (
+            {"QuantizeLinear", "DequantizeLinear"} if calibrate else {"MatMulInteger", "DynamicQuantizeLinear"}
+        )
+        correlation = np.corrcoef(fp32.ravel(), run_onnx(q_path, images).ravel())[0, 1]
+        assert correlation > 0.9, (calibrate, correlation)
+
+
+def _mobile_report_and_ort_format(model, result, tmp_path):
+    report = mobile_usability(result.path)
+    assert {"NNAPI", "CoreML MLProgram"} <= set(report)
+    fixed = report["CoreML MLProgram (fixed shapes)"]
+    assert 0 < fixed["nodes"] <= fixed["total"] and fixed["partitions"] >= 1
+    files = convert_to_ort(result.path)
+    assert files and all(f.stat().st_size > 0 for f in files)
 
 
 def test_trained_weights_survive_export(tmp_path):
@@ -71,19 +117,6 @@ def test_trained_weights_survive_export(tmp_path):
     assert run_onnx(result.path, torch.randn(1, 1, 96, 96)).shape == (1, 3)
 
 
-def test_fp16_graph_is_close(exported, tmp_path):
-    """Every family's float32 graph converted to float16: float32 in and out, float16 inside, within 5% of eager."""
-    model, result = exported
-    path = convert_to_fp16(result.path, tmp_path / "fp16.onnx")
-    images = photo_batch(model.pretrained_cfg["input_size"])
-    with torch.no_grad():
-        expected = model(images).numpy()
-    out = run_onnx(path, images)
-    assert out.dtype == np.float32
-    assert np.abs(out - expected).max() <= 0.05 * np.abs(expected).max()
-    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in onnx.load(path).graph.initializer}
-
-
 def test_fp16_export_equals_converting_the_float32_graph(tmp_path):
     """``export_onnx(fp16=True)`` writes what ``convert_to_fp16`` makes of the float32 export."""
     model = timm.create_model("test_cas_vit").eval()
@@ -92,29 +125,6 @@ def test_fp16_export_equals_converting_the_float32_graph(tmp_path):
     converted = convert_to_fp16(fp32.path, tmp_path / "converted.onnx")
     images = photo_batch(model.pretrained_cfg["input_size"])
     np.testing.assert_array_equal(run_onnx(fp16.path, images), run_onnx(converted, images))
-
-
-@pytest.mark.parametrize("calibrate", [False, True])
-def test_int8_quantization_runs_and_stays_close(exported, tmp_path, calibrate):
-    model, result = exported
-    images = photo_batch(model.pretrained_cfg["input_size"], count=7)
-    q_path = quantize_int8(result.path, tmp_path / "q.onnx", calibration=images[:4] if calibrate else None)
-    graph = onnx.load(q_path)
-    ops = {n.op_type for n in graph.graph.node}
-    assert ops & ({"QuantizeLinear", "DequantizeLinear"} if calibrate else {"MatMulInteger", "DynamicQuantizeLinear"})
-    fp32, int8 = run_onnx(result.path, images), run_onnx(q_path, images)
-    correlation = np.corrcoef(fp32.ravel(), int8.ravel())[0, 1]
-    assert correlation > 0.9, correlation
-
-
-def test_mobile_report_and_ort_format(exported):
-    _, result = exported
-    report = mobile_usability(result.path)
-    assert {"NNAPI", "CoreML MLProgram"} <= set(report)
-    fixed = report["CoreML MLProgram (fixed shapes)"]
-    assert 0 < fixed["nodes"] <= fixed["total"] and fixed["partitions"] >= 1
-    files = convert_to_ort(result.path)
-    assert files and all(f.stat().st_size > 0 for f in files)
 
 
 def test_vmamba_tiny_graph_size(tmp_path):

@@ -1,6 +1,7 @@
 """The compiled CPU loop of ``cross_selective_scan`` (backend "cpu", numba) against the reference: its exp, log and
-softplus against torch's, values and gradients over shapes, d_state, dtypes and layouts, which calls take it by
-default, and what it leaves alone (torch's thread count, FLOP counting, training with d_state > 1)."""
+softplus against torch's, values and gradients over shapes, d_state, dtypes and layouts (training with d_state > 1
+through the selective scan's loop), which calls take it by default, and what it leaves alone (torch's thread count,
+FLOP counting)."""
 
 import math
 
@@ -116,8 +117,8 @@ def test_cpu_loop_bf16(out_fp32):
 
 
 def test_default_takes_the_loop_only_where_it_serves(monkeypatch):
-    """Eager CPU calls take the loop (training too with d_state 1); training with d_state > 1, FLOP counting, a forced
-    backend and a missing numba take torch."""
+    """Eager CPU calls in the projected form take the CPU backend, training too; FLOP counting, a forced backend and a
+    missing numba take torch."""
     calls = []
     loop = cpu.cross_selective_scan_cpu
     monkeypatch.setattr(cpu, "cross_selective_scan_cpu", lambda *a, **k: calls.append(1) or loop(*a, **k))
@@ -139,8 +140,7 @@ def test_default_takes_the_loop_only_where_it_serves(monkeypatch):
         assert not taken(lambda: scan(None, *inputs))
     with torch.no_grad(), force_backend("torch"):
         assert not taken(lambda: scan(None, *inputs))
-    assert taken(lambda: train(inputs))
-    assert not taken(lambda: train(wide_state))
+    assert taken(lambda: train(inputs)) and taken(lambda: train(wide_state))
     monkeypatch.setattr(backend_module, "numba_problem", lambda: "needs the numba package, which is not installed")
     with torch.no_grad():
         assert not taken(lambda: scan(None, *inputs))
@@ -148,13 +148,17 @@ def test_default_takes_the_loop_only_where_it_serves(monkeypatch):
             scan("cpu", *inputs)
 
 
-def test_cpu_loop_bad_calls():
-    x, A, D, bias, delta_proj, x_proj = make_inputs(1, 16, 4, 4, 2)
-    with pytest.raises(RuntimeError, match="computes gradients for d_state 1 only, got 2; use backend='torch'"):
-        scan("cpu", x.requires_grad_(True), A, D, bias, delta_proj, x_proj)
-    with torch.no_grad(), pytest.raises(ValueError, match="backend 'cpu' takes x_proj and a"):
-        delta, B, C = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 2, 16), torch.randn(1, 4, 2, 16)
-        cross_selective_scan(x, delta, A, B, C, D, bias, True, backend="cpu")
+def test_cpu_backend_takes_route_ordered_inputs():
+    """Route-ordered delta, B and C (no x_proj) run the kernels composed with the selective scan's loop."""
+    x, A, D, bias, delta_proj, _ = make_inputs(2, 16, 4, 5, 2)
+    g = torch.Generator().manual_seed(3)
+    delta, B, C = torch.randn(2, 4, 1, 20, generator=g), torch.randn(2, 4, 2, 20, generator=g), torch.randn(2, 4, 2, 20)
+    with torch.no_grad():
+        got, want = (
+            cross_selective_scan(x, delta, A, B, C, D, bias, True, backend=name, delta_proj=delta_proj)
+            for name in ("cpu", "reference")
+        )
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
 
 
 def run_with_grads(backend, inputs, softplus=True, seed=1):
@@ -165,9 +169,14 @@ def run_with_grads(backend, inputs, softplus=True, seed=1):
     return [y] + [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("b, d, h, w", [(1, 16, 4, 4), (2, 40, 5, 7), (1, 96, 14, 14), (3, 17, 3, 1), (2, 8, 1, 1)])
-def test_cpu_loop_gradients_match_reference(b, d, h, w):
-    inputs = make_inputs(b, d, h, w, 1)
+@pytest.mark.parametrize(
+    "b, d, h, w, n",
+    [(1, 16, 4, 4, 1), (2, 40, 5, 7, 1), (1, 96, 14, 14, 1), (3, 17, 3, 1, 1), (2, 8, 1, 1, 1)]
+    + [(1, 16, 4, 4, 16), (2, 24, 5, 7, 4), (1, 8, 1, 1, 2)],
+)
+def test_cpu_loop_gradients_match_reference(b, d, h, w, n):
+    """d_state 1 trains through the fused loop, d_state > 1 through the routes composed with the selective scan's."""
+    inputs = make_inputs(b, d, h, w, n)
     names = ["y", "x", "A", "D", "bias", "delta_proj", "x_proj"]
     for name, got, want in zip(names, run_with_grads("cpu", inputs), run_with_grads("reference", inputs)):
         scale = want.abs().max().item()
@@ -231,3 +240,24 @@ def test_models_on_the_loop_equal_the_torch_path():
         with force_backend("torch"):
             want = model(x)
         torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_training_with_wide_state_keeps_only_the_inputs():
+    """d_state 16 on the CPU backend: autograd keeps x and the routes' low-rank projections, not the four route copies
+    of x, the full-rank step sizes or the loop's states (made again in the backward)."""
+    x, A, D, bias, delta_proj, x_proj = (t.requires_grad_(True) for t in make_inputs(2, 64, 16, 16, 16))
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = scan("cpu", x, A, D, bias, delta_proj, x_proj)
+    b, d, h, w = x.shape
+    projections = b * x_proj.shape[0] * x_proj.shape[1] * h * w
+    small = sum(t.numel() for t in (A, D, bias, delta_proj, x_proj))
+    # x, and a copy the projection's matrix product may keep; one route copy of x would be 4 x.numel()
+    assert sum(storages.values()) <= (2 * x.numel() + projections + small) * 4
+    y.sum().backward()
+    assert all(t.grad is not None for t in (x, A, D, bias, delta_proj, x_proj))

@@ -12,7 +12,8 @@ pieces, run in parallel on torch's threads (``vizoo.kernels.cpu_loops``).
 
 Training (d_state n = 1) keeps each step's state in the forward, (b, 4, L, d) numbers, and the backward loop walks
 each route in reverse with the state's gradient in a small buffer (``_backward_piece``). With n > 1 the states would be
-n times larger, so the loop serves inference only; training takes the torch path's recomputing scan.
+n times larger, so the fused loop serves inference only; training composes the cross scan, the selective scan's own
+loop (which keeps one state every few steps and recomputes the rest) and the cross merge.
 
 Nothing traces the loop: the dispatcher (``vizoo.kernels.backend``) takes it only for eager calls.
 """
@@ -27,6 +28,9 @@ from torch.autograd.function import once_differentiable
 from vizoo.kernels.backend import wants_grad
 from vizoo.kernels.cpu_loops import FAST, FAST_SUMS, exp_f32, f32, pieces, run_on_torch_threads, softplus_f32
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
+from vizoo.kernels.cross_selective_scan.interface import route_ordered_projections
+from vizoo.kernels.cross_selective_scan.torch_ops import routed_cross_scan
+from vizoo.kernels.selective_scan.cpu import selective_scan_cpu
 
 
 @numba.njit(inline="always")
@@ -236,17 +240,20 @@ class _LoopScan(torch.autograd.Function):
 def cross_selective_scan_cpu(
     x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, x_proj=None
 ) -> torch.Tensor:
-    """Same contract as ``cross_selective_scan_reference``, for SS2D's projected form only: ``x_proj`` and a
-    (4, d, r) ``delta_proj`` given, ``delta``, ``B`` and ``C`` None. Gradients for d_state n = 1."""
-    if x_proj is None or delta_proj is None or delta_proj.dim() != 3:
-        raise ValueError("cross_selective_scan: backend 'cpu' takes x_proj and a (4, d, r) delta_proj; use 'torch'")
-    keep_states = wants_grad(x, A, D, delta_bias, delta_proj, x_proj)
+    """Same contract as ``cross_selective_scan_reference``, gradients included.
+
+    SS2D's projected form (``x_proj`` and a (4, d, r) ``delta_proj``, ``delta``, ``B`` and ``C`` None) runs the fused
+    loop, except for training with d_state n > 1: that, and route-ordered ``delta``, ``B`` and ``C``, run the three
+    kernels composed (``routed_cross_scan``) with the selective scan's loop, which keeps a state every few steps.
+    """
     n = A.shape[1]
-    if keep_states and n != 1:
-        raise RuntimeError(
-            f"cross_selective_scan: backend 'cpu' computes gradients for d_state 1 only, got {n}; use backend='torch' "
-            "(or None) for training, or run under torch.no_grad()"
-        )
+    keep_states = wants_grad(x, A, D, delta_bias, delta_proj, x_proj)
+    fused = x_proj is not None and delta_proj is not None and delta_proj.dim() == 3 and (n == 1 or not keep_states)
+    if not fused:
+        if x_proj is not None:
+            delta, B, C = route_ordered_projections(x, x_proj, n, backend="torch")
+        args = (x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
+        return routed_cross_scan(selective_scan_cpu, *args)
     b, d, h, w = x.shape
     rank = delta_proj.shape[-1]
     u = x.float().permute(0, 2, 3, 1).reshape(b, h * w, d).contiguous()  # free for a channel-last fp32 map

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vizoo.kernels.backend import fp32_under_autocast, pick_backend, wants_grad
+from vizoo.kernels.backend import fp32_under_autocast, pick_backend
 from vizoo.kernels.counting import record_kernel_macs
 from vizoo.kernels.cross_scan import route_order
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
@@ -70,8 +70,10 @@ def cross_selective_scan(
         out_channel_first: return (b, d, h·w) if True, else (b, h·w, d).
         out_fp32: return fp32 whatever x's dtype.
         backend: "reference", "torch" (step-major scan for n = 1, see ``torch_ops``), "triton" (one fused kernel),
-            "cpu" (one compiled CPU loop, gradients for n = 1; needs numba, and ``x_proj`` with ``delta_proj``; see
-            ``cpu``) or None: "triton" on CUDA, "cpu" for eager CPU calls it serves, "torch" otherwise.
+            "cpu" (compiled CPU loops, needs numba: one fused loop for SS2D's projected form, ``x_proj`` with
+            ``delta_proj``, except for training with n > 1, which composes the kernels with the selective scan's loop;
+            see ``cpu``) or None: "triton" on CUDA, "cpu" for eager CPU calls in the projected form, "torch"
+            otherwise.
         delta_proj: optional (4, d, r) per-route step-size projection (SS2D's ``dt_projs_weight``): the step sizes
             are ``delta_proj @ delta``. The torch path projects after putting the rank-r inputs in its own order.
         x_proj: optional (4, r + 2n, d) per-route projection of x (SS2D's ``x_proj_weight``) giving each route's
@@ -82,9 +84,7 @@ def cross_selective_scan(
         The merged map in x's dtype (fp32 with ``out_fp32``).
     """
     projected_form = x_proj is not None and delta_proj is not None and delta_proj.dim() == 3
-    # the loop's backward covers d_state 1; with n > 1 it serves inference
-    cpu_loop = projected_form and (A.shape[-1] == 1 or not wants_grad(x, A, D, delta_bias, delta_proj, x_proj))
-    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device, cpu_loop)
+    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device, cpu_loop=projected_form)
     n = A.shape[-1]
     if x_proj is not None:
         _check_projection(x, x_proj, delta, B, C, n, delta_proj)
@@ -103,7 +103,8 @@ def route_ordered_projections(
 ) -> tuple[torch.Tensor, ...]:
     """x (b, d, h, w) and x_proj (4, r + 2n, d) -> each route's step inputs (b, 4, r, h·w), B and C (b, 4, n, h·w),
     in route order: the map projected once per route in pixel order, then each route's few channels put in order."""
-    projected = torch.matmul(x_proj, x.flatten(2).unsqueeze(1))  # (4, c, d) @ (b, 1, d, l) -> (b, 4, c, l)
+    # (4 c, d) @ (b, d, l): autograd keeps x itself, where (4, c, d) @ (b, 1, d, l) would keep four copies of it
+    projected = torch.matmul(x_proj.flatten(0, 1), x.flatten(2)).unflatten(1, x_proj.shape[:2])  # (b, 4, c, l)
     projected = route_order(projected.unflatten(-1, x.shape[-2:]), backend=backend)
     return projected.split([x_proj.shape[1] - 2 * n, n, n], dim=2)
 

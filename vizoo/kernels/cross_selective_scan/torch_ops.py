@@ -59,19 +59,31 @@ def cross_selective_scan_torch(
             x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, x_proj
         )
     args = (x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
-    if chunked.recompute_in_backward(A, x, delta, B, C, D, delta_bias, delta_proj):  # the scan's own switch
-        # Keep x and the low-rank inputs for the backward; the four route copies of x and the full-rank step sizes
-        # (8·d channels per pixel) are made again there, and the scan inside keeps only its inputs as before.
+    return routed_cross_scan(selective_scan_chunked, *args)
+
+
+def routed_cross_scan(
+    scan, x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj
+) -> torch.Tensor:
+    """Cross scan, ``scan`` over the four routes' channels (route order), cross merge; the contract of
+    ``cross_selective_scan_reference``. ``scan`` is a selective scan: the chunked torch path here, the compiled loop in
+    the CPU backend.
+
+    With n > 1 and a gradient wanted only x and the low-rank inputs are kept for the backward: it reruns this function,
+    making the four route copies of x and the full-rank step sizes (8·d channels per pixel) again, and the scan keeps
+    what its own backward needs (the torch path its inputs, the loop also one state every few steps) only then.
+    """
+    args = (scan, x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)
+    if chunked.recompute_in_backward(A, x, delta, B, C, D, delta_bias, delta_proj):
         return checkpoint(_routed_scan, *args, use_reentrant=False, preserve_rng_state=False)
     return _routed_scan(*args)
 
 
-def _routed_scan(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj):
-    """n > 1: cross scan, one selective scan per route (route order), cross merge."""
+def _routed_scan(scan, x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj):
     d, h, w = x.shape[1:]
     delta = full_rank_delta(delta, delta_proj)
     xs = cross_scan_torch(x.float() if out_fp32 else x)  # (b, 4, d, l)
-    ys = selective_scan_chunked(xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, delta_softplus)
+    ys = scan(xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, delta_softplus)
     return cross_merge_torch(ys.unflatten(1, (NUM_ROUTES, d)).unflatten(-1, (h, w)), out_channel_first)
 
 
