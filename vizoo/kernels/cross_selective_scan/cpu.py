@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from vizoo.kernels.backend import wants_grad
 from vizoo.kernels.cpu_loops import FAST, FAST_SUMS, exp_f32, f32, pieces, run_on_torch_threads, softplus_f32
 from vizoo.kernels.cross_scan.reference import NUM_ROUTES
-from vizoo.kernels.cross_selective_scan.interface import route_ordered_projections
+from vizoo.kernels.cross_selective_scan.interface import projected_form, route_ordered_projections
 from vizoo.kernels.cross_selective_scan.torch_ops import routed_cross_scan
 from vizoo.kernels.selective_scan.cpu import selective_scan_cpu
 
@@ -248,8 +248,7 @@ def cross_selective_scan_cpu(
     """
     n = A.shape[1]
     keep_states = wants_grad(x, A, D, delta_bias, delta_proj, x_proj)
-    fused = x_proj is not None and delta_proj is not None and delta_proj.dim() == 3 and (n == 1 or not keep_states)
-    if not fused:
+    if not (projected_form(x_proj, delta_proj) and (n == 1 or not keep_states)):
         if x_proj is not None:
             delta, B, C = route_ordered_projections(x, x_proj, n, backend="torch")
         args = (x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj)

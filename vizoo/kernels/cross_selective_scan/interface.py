@@ -83,8 +83,8 @@ def cross_selective_scan(
     Returns:
         The merged map in x's dtype (fp32 with ``out_fp32``).
     """
-    projected_form = x_proj is not None and delta_proj is not None and delta_proj.dim() == 3
-    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device, cpu_loop=projected_form)
+    cpu_loop = projected_form(x_proj, delta_proj)
+    impl = pick_backend("cross_selective_scan", BACKENDS, backend, x.device, cpu_loop)
     n = A.shape[-1]
     if x_proj is not None:
         _check_projection(x, x_proj, delta, B, C, n, delta_proj)
@@ -96,6 +96,12 @@ def cross_selective_scan(
     record_kernel_macs("selective_scan", selective_scan_macs(b, NUM_ROUTES * d, h * w, n, D is not None))
     projection = {} if x_proj is None else {"x_proj": x_proj}  # the cpu loop and the torch path with n = 1 take it
     return impl(x, delta, A, B, C, D, delta_bias, delta_softplus, out_fp32, out_channel_first, delta_proj, **projection)
+
+
+def projected_form(x_proj: torch.Tensor | None, delta_proj: torch.Tensor | None) -> bool:
+    """Whether a call is in SS2D's projected form, ``x_proj`` with a per-route low-rank (4, d, r) ``delta_proj``: the
+    form the fused CPU loop takes."""
+    return x_proj is not None and delta_proj is not None and delta_proj.dim() == 3
 
 
 def route_ordered_projections(
