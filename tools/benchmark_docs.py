@@ -766,6 +766,46 @@ def cpu_speed_section(path: Path, rows: list[Row]) -> Section:
     return Section(f"CPU speed: eager, training, compiled, onnxruntime ({where})", lines)
 
 
+# --------------------------------------------------------------------------------------------- onnxruntime floor
+
+FLOOR_VARIANTS = {
+    "exported": "as exported",
+    "core_floor": "SS2D core at its floor",
+    "no_core": "no SS2D core",
+}
+
+
+def onnx_scan_floor_section(path: Path, rows: list[Row]) -> Section:
+    """Per model, its latest run: the exported graph, the graph with its SS2D cores at their floor and without them,
+    each against the baselines exported and timed in the same run (``vs_<baseline>``)."""
+    where = split_name(path)[1]
+    baselines = [c.split("_", 1)[1] for c in rows[0] if c.startswith("vs_")]
+    by_model = latest_by(rows, lambda r: r["model"])
+    body, used_runs = [], set()
+    for model, mrows in by_model.items():
+        used_runs.add(mrows[0]["run"])
+        if any(r["variant"] != "exported" for r in mrows):
+            for r in mrows:
+                ratios = [fmt(num(r, f"vs_{b}"), suffix="x") for b in baselines]
+                body.append(
+                    [model, FLOOR_VARIANTS.get(r["variant"], r["variant"]), r["nodes"], fmt_ms(num(r, "ms")), *ratios]
+                )
+    header = ["model", "graph", "nodes", "ms", *[f"vs {short(b)}" for b in baselines]]
+    lines = [
+        "How fast the d_state-1 SS2D core could run in onnxruntime with standard ONNX ops. The floor keeps only the "
+        "passes over the route tensors that any such graph of the scan makes (the projections, softplus, the decays "
+        "and inputs, one multiply-add per element of the recurrence with its steps cut out and put back, the "
+        "read-out and the sum of the routes) and drops the rest, so its values are not the scan's: its latency "
+        "bounds from below what a rewrite of the exported graph can reach. Batch 1, every graph timed in turn with "
+        "the baselines exported the same way.",
+        "",
+        *table(header, body, [False, False, True, True, *[True] * len(baselines)]),
+        "",
+        *provenance(path, rows, used_runs),
+    ]
+    return Section(f"onnxruntime floor of the SS2D core ({where})", lines)
+
+
 # ------------------------------------------------------------------------------------------------------------ page
 
 RENDERERS = {  # results file <what> -> section, in page order
@@ -778,6 +818,7 @@ RENDERERS = {  # results file <what> -> section, in page order
     "gpu_models": gpu_models_section,
     "memory": memory_section,
     "cpu_speed": cpu_speed_section,
+    "onnx_scan_floor": onnx_scan_floor_section,
 }
 MEASURED_BY = {
     "latency_resolution": "`vizoo bench MODEL ... --results`",
@@ -789,6 +830,7 @@ MEASURED_BY = {
     "gpu_models": "`python tools/benchmark_kernels.py`",
     "memory": "`python tools/benchmark_memory.py`",
     "cpu_speed": "`python tools/benchmark_cpu_speed.py`",
+    "onnx_scan_floor": "`python tools/benchmark_onnx_scan_floor.py`",
 }
 
 
