@@ -179,6 +179,33 @@ def test_python_dash_m():
     assert "test_vmamba" in proc.stdout
 
 
+def test_a_command_builds_only_its_own_parser_group():
+    """``vizoo list`` does not import what only other commands need (open_clip for clip-train, the training stack);
+    a command's parser is the same whether built alone or with all the others; every command is in the usage line."""
+    from vizoo.cli import COMMAND_GROUPS, OWN_COMMANDS, build_parser
+
+    code = "import sys; from vizoo.cli import main; main(['list', 'test_vmamba', '--no-macs']); "
+    code += (
+        "print(sorted(m for m in ('open_clip', 'vizoo.multimodal', 'vizoo.train.classification') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+    def choices(parser):
+        return next(a for a in parser._actions if a.dest == "command").choices
+
+    full = choices(build_parser())
+    commands = [*OWN_COMMANDS, *(name for names in COMMAND_GROUPS.values() for name in names)]
+    assert sorted(full) == sorted(commands)
+    usage = next(a for a in build_parser()._actions if a.dest == "command").metavar
+    assert sorted(usage.strip("{}").split(",")) == sorted(commands)
+    for command in commands:
+        alone = choices(build_parser(command))[command]
+        assert alone.format_help() == full[command].format_help()
+    assert sorted(choices(build_parser("no-such-command"))) == sorted(commands)  # argparse then lists every choice
+
+
 def test_prune_saves_a_compacted_vit_that_loads_and_is_the_same_for_the_same_seed(capsys, tmp_path):
     """``vizoo prune`` from a random init: the seed fixes the init, so two runs with one seed save the same weights
     (``--latency-weight 0`` ranks by weights removed, which no timing moves); the saved model loads and runs."""

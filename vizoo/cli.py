@@ -273,8 +273,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if result.max_abs_diff is None or result.max_abs_diff <= tolerance else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``vizoo`` command."""
+OWN_COMMANDS = ("list", "info", "bench", "export")  # the commands this module defines
+# The commands whose parsers other modules define, grouped by the import that adds them. An import can be slow
+# (clip-train's imports open_clip), so ``main`` builds only the group of the command it runs.
+COMMAND_GROUPS = {
+    "train": ("train", "finetune"),
+    "prune": ("prune",),
+    "weights": ("convert", "push-to-hub", "validate"),
+    "clip": ("clip-train",),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of the ``vizoo`` command: every subcommand, or with ``command`` (a subcommand's name) only
+    ``OWN_COMMANDS`` and that command's group (``COMMAND_GROUPS``), which parse that command alike."""
+    wanted = {group for group, names in COMMAND_GROUPS.items() if command in names}
+    if not wanted and command not in OWN_COMMANDS:  # all, or an unknown name: argparse lists every choice
+        wanted = set(COMMAND_GROUPS)
     parser = argparse.ArgumentParser(prog="vizoo", description="Efficient vision backbones registered in timm.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(
@@ -359,6 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_export)
 
+    if "train" in wanted:
+        _add_train_parsers(sub)
+    if "prune" in wanted:
+        from vizoo.pruning import add_prune_parser
+
+        add_prune_parser(sub)
+    if "weights" in wanted:
+        from vizoo.weights_cli import add_weights_parsers
+
+        add_weights_parsers(sub)  # convert, push-to-hub, validate
+    if "clip" in wanted:
+        _add_clip_train_parser(sub)
+    return parser
+
+
+def _add_train_parsers(sub) -> None:
     try:  # the train extra (albumentations) may be missing; the other commands work without it
         from vizoo.train import add_finetune_parser, add_train_parser
     except ImportError as e:
@@ -371,14 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser(sub).set_defaults(own_logging=True)
         add_finetune_parser(sub).set_defaults(own_logging=True)
 
-    from vizoo.pruning import add_prune_parser
 
-    add_prune_parser(sub)
-
-    from vizoo.weights_cli import add_weights_parsers
-
-    add_weights_parsers(sub)  # convert, push-to-hub, validate
-
+def _add_clip_train_parser(sub) -> None:
     try:  # the vl extra (open_clip) may be missing; the other commands work without it
         from vizoo.multimodal.train_cli import add_clip_train_parser
     except ImportError as e:
@@ -387,12 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda args: _err(missing) or 2)
     else:
         add_clip_train_parser(sub).set_defaults(own_logging=True)  # INFO on rank 0 only, as train
-    return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: its first argument that is not one of the top-level options."""
+    return next((arg for arg in argv if arg not in ("-v", "--verbose")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``vizoo`` command and return its exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help and usage errors
