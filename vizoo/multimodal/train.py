@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,14 +60,11 @@ from vizoo.multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot
 from vizoo.train.checkpoint import (
     Checkpoint,
     CheckpointError,
-    capture_rng,
-    find_resume_checkpoint,
     load_checkpoint,
-    restore_rng,
-    save_checkpoint,
 )
 from vizoo.train.data import ResumableSampler, sample_seed
-from vizoo.train.runtime import DistInfo, all_reduce_sum, read_jsonl, rewrite_jsonl, setup_distributed, write_csv
+from vizoo.train.loop import TrainingRun
+from vizoo.train.runtime import DistInfo, setup_distributed
 
 __all__ = [
     "ClipTrainConfig",
@@ -396,42 +391,111 @@ def _image_checkpoint(path: str, model_name: str) -> dict[str, torch.Tensor] | s
     return weights
 
 
-@dataclass
-class _Run:
-    """One run's parts and position. ``module`` is the unwrapped CLIP (saved, evaluated, returned); ``model`` what the
-    steps call (``module`` or its DistributedDataParallel wrapper)."""
+@dataclass(kw_only=True)
+class _Run(TrainingRun):
+    """One CLIP run on the shared loop (:class:`~vizoo.train.loop.TrainingRun`): ``module`` is the unwrapped CLIP,
+    which ``total_steps`` train (the last epoch may end early)."""
 
     cfg: ClipTrainConfig
-    d: DistInfo
-    out: Path
-    module: nn.Module
     tokenizer: Callable
     train_table: ImageTextCsv
-    loader: DataLoader
-    sampler: ResumableSampler
     val: _ValSet | None
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    amp_dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler
-    loss_fn: nn.Module
     total_steps: int
-    model: nn.Module
-    global_step: int = 0
-    epoch_loss: tuple[float, int] = (0.0, 0)
     unreadable: set[int] = field(default_factory=set)  # CSV lines found unreadable (this rank, and all after a resume)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
+    NON_FINITE_HINT = "lower --lr, add --warmup-steps, or use --amp bf16"
 
     @property
     def epochs(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.batch_size * self.d.world_size
+    def epoch_steps(self, epoch: int) -> int:
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def train_mode(self) -> None:
+        """Train mode, but a fully locked trunk infers (LiT runs the frozen tower as at test time)."""
+        self.model.train()
+        if self.cfg.lock_image and self.cfg.unlocked_groups == 0:
+            self.module.visual.trunk.eval()
+
+    def train_step(self, batch: tuple, epoch: int, i: int) -> float:
+        """One optimiser step (AMP, gradient clipping), the logit-scale clamp and the schedule's step; the batch's
+        unreadable rows are noted."""
+        images, tokens, unreadable = batch
+        self.unreadable.update(unreadable)
+        device = self.d.device
+        images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(*self.model(images, tokens))
+        value = self.optimizer_step(loss, epoch, i)
+        with torch.no_grad():  # CLIP's cap on the temperature: a logit scale of at most 100
+            self.module.logit_scale.clamp_(0, math.log(100))
+        self.scheduler.step_update(num_updates=self.global_step)
+        return value
+
+    def step_row(self) -> dict[str, Any]:
+        return {"logit_scale": self.module.logit_scale.exp().item()}
+
+    def check_resume(self, ckpt: Checkpoint) -> None:
+        st, cfg = ckpt.state, self.cfg
+        if st.get("model_name") != cfg.model or st.get("text") != cfg.text or st.get("loss") != cfg.loss:
+            raise ValueError(
+                f"checkpoint {str(ckpt.path)!r} holds a {st.get('model_name')!r} CLIP (text {st.get('text')!r}, loss "
+                f"{st.get('loss')!r}); pass --model {st.get('model_name')} --text {st.get('text')} --loss "
+                f"{st.get('loss')}"
+            )
+        mine = (self.global_batch, self.steps_per_epoch, self.total_steps)
+        theirs = (st.get("global_batch"), st.get("steps_per_epoch"), st.get("total_steps"))
+        if mine != theirs:
+            raise ValueError(
+                f"checkpoint {str(ckpt.path)!r} was written with global batch {theirs[0]}, {theirs[1]} steps per "
+                f"epoch and {theirs[2]} steps; this run has {mine[0]}, {mine[1]} and {mine[2]}. Resume with the same "
+                "number of processes, --batch-size, --epochs/--steps and CSV"
+            )
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        self.unreadable = set(ckpt.state.get("unreadable_rows", ()))
+
+    def rank_state(self) -> list[int]:
+        return sorted(self.unreadable)
+
+    def checkpoint_state(self, rank_states: list) -> dict[str, Any]:
+        cfg = self.cfg
+        unreadable = sorted({line for lines in rank_states for line in lines})
+        return dict(text=cfg.text, loss=cfg.loss, total_steps=self.total_steps, unreadable_rows=unreadable)
+
+    def skipped(self) -> int:
+        """Training rows left out so far: dropped when the CSV was read, and found unreadable by any rank."""
+        lines = set(self.unreadable)
+        if self.d.world_size > 1:
+            gathered: list = [None] * self.d.world_size
+            dist.all_gather_object(gathered, sorted(lines))
+            lines = {line for part in gathered for line in part}
+        return len(self.train_table.dropped) + len(lines)
+
+    def add_epoch_metrics(self, row: dict[str, Any], epoch: int, eval_epoch: bool) -> None:
+        """Skipped rows and, on eval epochs, the val CSV's retrieval recalls and zero-shot accuracy (rank 0; the
+        others wait)."""
+        row["skipped_images"] = self.skipped()
+        if self.cfg.val_csv and eval_epoch:
+            if self.d.main:
+                row.update(self.evaluate())
+            if self.d.world_size > 1:
+                dist.barrier()
+
+    def evaluate(self) -> dict[str, float]:
+        val, device, cfg = self.val, self.d.device, self.cfg
+        out: dict[str, float] = {"val_skipped_images": val.skipped}
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            recalls = evaluate_retrieval(self.module, self.tokenizer, val.loader, val.captions, cfg.batch_size, device)
+            out.update({f"val_{k}": v for k, v in recalls.items()})
+            if val.classnames is not None:
+                batches = ((x, y) for x, y in zip(val.loader, val.labels.split(cfg.batch_size)))
+                acc = evaluate_zero_shot(
+                    self.module, self.tokenizer, val.classnames, list(cfg.zero_shot_templates), batches, device=device
+                )
+                out.update({f"val_zero_shot_{k}": v for k, v in acc.items()})
+        return out
 
 
 def train_clip(cfg: ClipTrainConfig) -> ClipTrainResult:
@@ -441,15 +505,15 @@ def train_clip(cfg: ClipTrainConfig) -> ClipTrainResult:
     d = setup_distributed(cfg.device)
     try:
         run = _build_run(cfg, d, table)
-        start_epoch, start_batch = _resume(run)
+        start_epoch, start_batch = run.resume()
         if d.world_size > 1:
             device_ids = [d.device.index] if d.device.type == "cuda" else None
             run.model = nn.parallel.DistributedDataParallel(run.module, device_ids=device_ids)
         if d.main:
             _start_logging(run)
         t_start = time.perf_counter()
-        metrics = _train_epochs(run, start_epoch, start_batch)
-        skipped = _skipped(run)
+        metrics = run.train_epochs(start_epoch, start_batch)
+        skipped = run.skipped()
         if d.main:
             save_clip(run.module, run.out / "clip")
             _save_trunk(run.module, run.out / "trunk.safetensors")
@@ -544,60 +608,6 @@ def _build_run(cfg: ClipTrainConfig, d: DistInfo, table: ImageTextCsv) -> _Run:
     )
 
 
-def _check_resume(run: _Run, ckpt: Checkpoint) -> None:
-    st, cfg = ckpt.state, run.cfg
-    if st.get("model_name") != cfg.model or st.get("text") != cfg.text or st.get("loss") != cfg.loss:
-        raise ValueError(
-            f"checkpoint {str(ckpt.path)!r} holds a {st.get('model_name')!r} CLIP (text {st.get('text')!r}, loss "
-            f"{st.get('loss')!r}); pass --model {st.get('model_name')} --text {st.get('text')} --loss {st.get('loss')}"
-        )
-    mine = (run.global_batch, run.steps_per_epoch, run.total_steps)
-    theirs = (st.get("global_batch"), st.get("steps_per_epoch"), st.get("total_steps"))
-    if mine != theirs:
-        raise ValueError(
-            f"checkpoint {str(ckpt.path)!r} was written with global batch {theirs[0]}, {theirs[1]} steps per epoch "
-            f"and {theirs[2]} steps; this run has {mine[0]}, {mine[1]} and {mine[2]}. Resume with the same number of "
-            "processes, --batch-size, --epochs/--steps and CSV"
-        )
-
-
-def _resume(run: _Run) -> tuple[int, int]:
-    """Restore ``cfg.resume`` (a checkpoint, or "auto": the newest in ``output/checkpoints`` if any): weights,
-    optimiser, schedule, scaler, this rank's RNGs, position and skip counts; drop log lines written after it.
-    Returns the epoch and batch to start at."""
-    cfg, d = run.cfg, run.d
-    if cfg.resume == "auto":
-        ckpt = find_resume_checkpoint(run.out)
-        if ckpt is None:
-            _logger.info("--resume auto: no checkpoint in %s, starting from scratch", run.out / "checkpoints")
-            return 0, 0
-    elif cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
-    else:
-        return 0, 0
-    _check_resume(run, ckpt)
-    st = ckpt.state
-    run.module.load_state_dict(ckpt.model)
-    run.optimizer.load_state_dict(st["optimizer"])
-    run.scheduler.load_state_dict(st["scheduler"])
-    run.scaler.load_state_dict(st["scaler"])
-    run.global_step, run.epoch_loss = st["step"], tuple(st["epoch_loss"])
-    run.unreadable = set(st.get("unreadable_rows", ()))
-    rngs = st.get("rng") or []
-    if len(rngs) == d.world_size:
-        restore_rng(rngs[d.rank])
-    else:
-        _logger.warning(
-            "checkpoint has RNG states of %d processes, this run has %d; reseeding", len(rngs), d.world_size
-        )
-    _logger.info("resumed from %s at step %d of %d", ckpt.path, run.global_step, run.total_steps)
-    if d.main:
-        for name in ("steps.jsonl", "metrics.jsonl"):
-            rows = read_jsonl(run.out / name)
-            rewrite_jsonl(run.out / name, [r for r in rows if r.get("step", 0) <= run.global_step])
-    return st["epoch"], st["step_in_epoch"]
-
-
 def _start_logging(run: _Run) -> None:
     cfg, d = run.cfg, run.d
     (run.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -625,196 +635,3 @@ def _start_logging(run: _Run) -> None:
         trainable / 1e6,
         total / 1e6,
     )
-
-
-def _train_mode(run: _Run) -> None:
-    """Train mode, but a fully locked trunk infers (LiT runs the frozen tower as at test time)."""
-    run.model.train()
-    if run.cfg.lock_image and run.cfg.unlocked_groups == 0:
-        run.module.visual.trunk.eval()
-
-
-def _train_epochs(run: _Run, start_epoch: int, start_batch: int) -> list[dict[str, Any]]:
-    metrics_rows = read_jsonl(run.out / "metrics.jsonl") if run.d.main else []
-    new_rows: list[dict[str, Any]] = []
-    _train_mode(run)
-    for epoch in range(start_epoch, run.epochs):
-        t_epoch = time.perf_counter()
-        _train_epoch(run, epoch, start_batch if epoch == start_epoch else 0)
-        row = _epoch_metrics(run, epoch)
-        row["epoch_s"] = time.perf_counter() - t_epoch
-        new_rows.append(row)
-        if run.d.main:
-            metrics_rows.append(row)
-            rewrite_jsonl(run.out / "metrics.jsonl", metrics_rows)
-            write_csv(run.out / "metrics.csv", metrics_rows)
-            _logger.info(
-                "epoch %d/%d: %s",
-                row["epoch"],
-                run.epochs,
-                "  ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"
-                ),
-            )
-        run.epoch_loss = (0.0, 0)
-        _write_checkpoint(run, epoch + 1, 0)
-    return new_rows
-
-
-def _epoch_steps(run: _Run, epoch: int) -> int:
-    return min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
-
-
-def _train_epoch(run: _Run, epoch: int, first: int) -> None:
-    cfg = run.cfg
-    steps = _epoch_steps(run, epoch)
-    run.sampler.set_epoch(epoch, first)
-    bar = None
-    if run.d.main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=steps,
-            initial=first,
-            desc=f"epoch {epoch + 1}/{run.epochs}",
-            leave=False,
-            file=sys.stderr,
-            disable=None,
-            dynamic_ncols=True,
-        )
-    for i, (images, tokens, bad) in enumerate(itertools.islice(run.loader, steps - first), start=first):
-        run.unreadable.update(bad)
-        loss = _train_step(run, images, tokens, epoch, i)
-        run.epoch_loss = (run.epoch_loss[0] + loss, run.epoch_loss[1] + 1)
-        if run.global_step % max(cfg.log_every, 1) == 0:
-            _log_step(run, epoch, i + 1, loss)
-        if bar is not None:
-            bar.update()
-            bar.set_postfix(
-                loss=f"{run.epoch_loss[0] / run.epoch_loss[1]:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}"
-            )
-        if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0 and i + 1 < steps:
-            _write_checkpoint(run, epoch, i + 1)
-    if bar is not None:
-        bar.close()
-
-
-def _train_step(run: _Run, images: torch.Tensor, tokens: torch.Tensor, epoch: int, i: int) -> float:
-    """One optimiser step (AMP, gradient clipping), the logit-scale clamp and the schedule's step. Returns this rank's
-    loss; raises FloatingPointError on a non-finite loss."""
-    cfg, d = run.cfg, run.d
-    images, tokens = images.to(d.device, non_blocking=True), tokens.to(d.device, non_blocking=True)
-    with torch.autocast(d.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        loss = run.loss_fn(*run.model(images, tokens))
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"loss is {value} at epoch {epoch + 1}, step {i + 1}; lower --lr, add --warmup-steps, or use --amp bf16"
-        )
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    if cfg.clip_grad and cfg.clip_grad > 0:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_([p for p in run.module.parameters() if p.requires_grad], cfg.clip_grad)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    with torch.no_grad():  # CLIP's cap on the temperature: a logit scale of at most 100
-        run.module.logit_scale.clamp_(0, math.log(100))
-    run.global_step += 1
-    run.scheduler.step_update(num_updates=run.global_step)
-    return value
-
-
-def _log_step(run: _Run, epoch: int, step_in_epoch: int, loss: float) -> None:
-    mean_loss = all_reduce_sum([loss], run.d)[0] / run.d.world_size
-    if not run.d.main:
-        return
-    row = {
-        "epoch": epoch,
-        "step": run.global_step,
-        "step_in_epoch": step_in_epoch,
-        "loss": mean_loss,
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "logit_scale": run.module.logit_scale.exp().item(),
-    }
-    with open(run.out / "steps.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _skipped(run: _Run) -> int:
-    """Training rows left out so far: dropped when the CSV was read, and found unreadable by any rank."""
-    lines = set(run.unreadable)
-    if run.d.world_size > 1:
-        gathered: list = [None] * run.d.world_size
-        dist.all_gather_object(gathered, sorted(lines))
-        lines = {line for part in gathered for line in part}
-    return len(run.train_table.dropped) + len(lines)
-
-
-def _epoch_metrics(run: _Run, epoch: int) -> dict[str, Any]:
-    """The epoch's row: train loss (mean over ranks), lr, skipped rows and, on eval epochs (every ``eval_every`` and
-    the last), the val CSV's retrieval recalls and zero-shot accuracy (rank 0; the others wait)."""
-    cfg, d = run.cfg, run.d
-    row: dict[str, Any] = {"epoch": epoch + 1, "step": run.global_step}
-    total = all_reduce_sum([run.epoch_loss[0], float(run.epoch_loss[1])], d)
-    row["train_loss"] = total[0] / max(total[1], 1.0)
-    row["lr"] = run.optimizer.param_groups[0]["lr"]
-    row["skipped_images"] = _skipped(run)
-    last = epoch + 1 == run.epochs
-    if cfg.val_csv and (last or (epoch + 1) % max(cfg.eval_every, 1) == 0):
-        if d.main:
-            row.update(_evaluate(run))
-        if d.world_size > 1:
-            dist.barrier()
-    return row
-
-
-def _evaluate(run: _Run) -> dict[str, float]:
-    val, device = run.val, run.d.device
-    out: dict[str, float] = {"val_skipped_images": val.skipped}
-    with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        recalls = evaluate_retrieval(run.module, run.tokenizer, val.loader, val.captions, run.cfg.batch_size, device)
-        out.update({f"val_{k}": v for k, v in recalls.items()})
-        if val.classnames is not None:
-            batches = ((x, y) for x, y in zip(val.loader, val.labels.split(run.cfg.batch_size)))
-            acc = evaluate_zero_shot(
-                run.module, run.tokenizer, val.classnames, list(run.cfg.zero_shot_templates), batches, device=device
-            )
-            out.update({f"val_zero_shot_{k}": v for k, v in acc.items()})
-    return out
-
-
-def _write_checkpoint(run: _Run, epoch: int, step_in_epoch: int) -> None:
-    """Checkpoint at batch ``step_in_epoch`` of ``epoch``: every rank's RNG states and unreadable rows are gathered,
-    rank 0 writes; all ranks wait for it."""
-    cfg, d = run.cfg, run.d
-    mine = (capture_rng(), sorted(run.unreadable))
-    gathered: list = [None] * d.world_size
-    if d.world_size > 1:
-        dist.all_gather_object(gathered, mine)
-    else:
-        gathered = [mine]
-    if d.main:
-        state = dict(
-            model_name=cfg.model,
-            text=cfg.text,
-            loss=cfg.loss,
-            epoch=epoch,
-            step_in_epoch=step_in_epoch,
-            steps_per_epoch=run.steps_per_epoch,
-            total_steps=run.total_steps,
-            global_batch=run.global_batch,
-            world_size=d.world_size,
-            optimizer=run.optimizer.state_dict(),
-            scheduler=run.scheduler.state_dict(),
-            scaler=run.scaler.state_dict(),
-            rng=[g[0] for g in gathered],
-            unreadable_rows=sorted({line for g in gathered for line in g[1]}),
-            config=cfg.to_dict(),
-            epoch_loss=run.epoch_loss,
-        )
-        save_checkpoint(
-            run.out / "checkpoints", run.global_step, run.module.state_dict(), state, keep=cfg.checkpoint_keep
-        )
-    if d.world_size > 1:
-        dist.barrier()

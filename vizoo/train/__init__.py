@@ -1,7 +1,8 @@
 """Training: ImageNet-recipe classification (:func:`train`), checkpoints, data pipelines and the ``train`` command.
 
 Detection/segmentation fine-tuning lives beside it in ``finetune.py``, and its ``finetune det|seg`` command in
-``finetune_cli.py``.
+``finetune_cli.py``. The epoch loop (resume, steps, logs, checkpoints) that classification and CLIP training share is
+``loop.TrainingRun``.
 """
 
 from .checkpoint import CheckpointError, find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint

@@ -21,10 +21,7 @@ Outputs in ``cfg.output``: ``config.yaml``, ``steps.jsonl`` (loss and lr per log
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,18 +33,12 @@ from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import (
     Checkpoint,
-    capture_rng,
-    find_resume_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
 )
 from .config import TrainConfig
 from .data import (
@@ -58,7 +49,8 @@ from .data import (
     build_train_transform,
     scan_dataset,
 )
-from .runtime import DistInfo, all_reduce_sum, read_jsonl, rewrite_jsonl, setup_distributed, write_csv
+from .loop import TrainingRun
+from .runtime import DistInfo, all_reduce_sum, setup_distributed
 
 __all__ = ["TrainResult", "evaluate", "train"]
 
@@ -128,29 +120,6 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return timm.create_model(cfg.model, pretrained=bool(cfg.initial_checkpoint), **kwargs)
 
 
-def _check_resume(ckpt: Checkpoint, cfg: TrainConfig, classes: list[str], steps_per_epoch: int, global_batch: int):
-    st = ckpt.state
-    if st.get("num_classes") != len(classes):
-        raise ValueError(
-            f"checkpoint {str(ckpt.path)!r} was trained with num_classes={st.get('num_classes')} but "
-            f"{cfg.data_dir!r} has {len(classes)} classes; resume with the data the run started with, or start a new "
-            "run (another --output, no --resume)"
-        )
-    if st.get("model_name") != cfg.model:
-        raise ValueError(
-            f"checkpoint {str(ckpt.path)!r} holds a {st.get('model_name')!r} but --model is "
-            f"{cfg.model!r}; pass --model {st.get('model_name')}"
-        )
-    if st.get("global_batch") != global_batch or st.get("steps_per_epoch") != steps_per_epoch:
-        raise ValueError(
-            f"checkpoint {str(ckpt.path)!r} was written with global batch {st.get('global_batch')} and "
-            f"{st.get('steps_per_epoch')} steps per epoch; this run has {global_batch} and {steps_per_epoch}. Resume "
-            "with the same number of processes, --batch-size and data"
-        )
-    if st.get("classes") and st["classes"] != classes:
-        _logger.warning("class names differ from the checkpoint's (same count); continuing")
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a classifier as described by ``cfg`` (see the module docstring). Returns the trained model."""
     if not cfg.data_dir:
@@ -169,56 +138,112 @@ def train(cfg: TrainConfig) -> TrainResult:
             dist.destroy_process_group()
 
 
-@dataclass
-class _Run:
-    """One training run's parts and its position, read and advanced by the steps of :func:`_train`.
-
-    ``module`` is the unwrapped model: what is saved, evaluated, averaged by the EMA and returned. ``model`` is what
-    the training steps call: ``module`` itself, or its DistributedDataParallel wrapper under several processes.
-    """
+@dataclass(kw_only=True)
+class _Run(TrainingRun):
+    """One classification run on the shared loop (:class:`~vizoo.train.loop.TrainingRun`): ``loader`` reads the
+    train split, and the EMA averages ``module``."""
 
     cfg: TrainConfig
-    d: DistInfo
-    out: Path
     classes: list[str]
-    module: nn.Module
-    train_loader: DataLoader
-    sampler: ResumableSampler
     val_loader: DataLoader | None
     img_size: int
     lr: float
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler
-    amp_dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler
     ema: ModelEmaV3 | None
     mixup: Mixup | None
-    loss_fn: nn.Module
-    model: nn.Module
-    writer: Any = None  # tensorboard's SummaryWriter on rank 0 with --tensorboard
-    global_step: int = 0  # optimizer steps since the run started, resumed ones included
-    epoch_loss: tuple[float, int] = (0.0, 0)  # this rank's (sum of batch losses, batches) in the epoch so far
+
+    NON_FINITE_HINT = "lower --lr, raise --warmup-epochs, or use --amp bf16 instead of fp16"
 
     @property
-    def steps_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
+    def epochs(self) -> int:
+        return self.cfg.epochs
 
-    @property
-    def global_batch(self) -> int:
-        return self.cfg.global_batch(self.d.world_size)
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], epoch: int, i: int) -> float:
+        """One optimizer step on batch ``i`` (mixup, AMP, gradient clipping), then the EMA and a per-update scheduler
+        step."""
+        cfg, d = self.cfg, self.d
+        x, y = (t.to(d.device, non_blocking=True) for t in batch)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(d.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(self.model(x), y)
+        value = self.optimizer_step(loss, epoch, i)
+        if self.ema is not None and self.global_step == 1:
+            # Start the average from the model after its first step, so that state fitted on the first batch
+            # (EcoFormer's hashing buffers) is copied rather than averaged with its unfitted initial values.
+            self.ema.set(self.module)
+        elif self.ema is not None:
+            self.ema.update(self.module, step=self.global_step)
+        if cfg.sched_on_updates:
+            self.scheduler.step_update(num_updates=self.global_step)
+        return value
+
+    def end_epoch(self, epoch: int) -> None:
+        if not self.cfg.sched_on_updates:
+            self.scheduler.step(epoch + 1)
+
+    def check_resume(self, ckpt: Checkpoint) -> None:
+        cfg, classes, st = self.cfg, self.classes, ckpt.state
+        steps_per_epoch, global_batch = self.steps_per_epoch, self.global_batch
+        if st.get("num_classes") != len(classes):
+            raise ValueError(
+                f"checkpoint {str(ckpt.path)!r} was trained with num_classes={st.get('num_classes')} but "
+                f"{cfg.data_dir!r} has {len(classes)} classes; resume with the data the run started with, or start a "
+                "new run (another --output, no --resume)"
+            )
+        if st.get("model_name") != cfg.model:
+            raise ValueError(
+                f"checkpoint {str(ckpt.path)!r} holds a {st.get('model_name')!r} but --model is "
+                f"{cfg.model!r}; pass --model {st.get('model_name')}"
+            )
+        if st.get("global_batch") != global_batch or st.get("steps_per_epoch") != steps_per_epoch:
+            raise ValueError(
+                f"checkpoint {str(ckpt.path)!r} was written with global batch {st.get('global_batch')} and "
+                f"{st.get('steps_per_epoch')} steps per epoch; this run has {global_batch} and {steps_per_epoch}. "
+                "Resume with the same number of processes, --batch-size and data"
+            )
+        if st.get("classes") and st["classes"] != classes:
+            _logger.warning("class names differ from the checkpoint's (same count); continuing")
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        if self.ema is None:
+            return
+        if ckpt.ema is None:
+            _logger.warning("checkpoint has no EMA weights; the EMA restarts from the resumed weights")
+            self.ema.module.load_state_dict(ckpt.model)
+        else:
+            self.ema.module.load_state_dict(ckpt.ema)
+
+    def checkpoint_state(self, rank_states: list) -> dict[str, Any]:
+        return dict(num_classes=len(self.classes), classes=self.classes)
+
+    def checkpoint_ema(self) -> dict[str, torch.Tensor] | None:
+        return self.ema.module.state_dict() if self.ema is not None else None
+
+    def add_epoch_metrics(self, row: dict[str, Any], epoch: int, eval_epoch: bool) -> None:
+        """Val loss, top-1 and top-5 of the model and, with an EMA, of the EMA, on eval epochs."""
+        if self.val_loader is None or not eval_epoch:
+            return
+        d, cfg = self.d, self.cfg
+        m = evaluate(self.module, self.val_loader, d.device, self.amp_dtype, d, cfg.channels_last)
+        row.update(val_loss=m["loss"], top1=m["top1"], top5=m["top5"])
+        if self.ema is not None:
+            m = evaluate(self.ema.module, self.val_loader, d.device, self.amp_dtype, d, cfg.channels_last)
+            row.update(ema_val_loss=m["loss"], ema_top1=m["top1"], ema_top5=m["top5"])
 
 
 def _train(cfg: TrainConfig, d: DistInfo, train_split, val_split, classes: list[str]) -> TrainResult:
     """Build the run, resume it if asked, wrap it for DDP, train the remaining epochs, write the final weights."""
     run = _build_run(cfg, d, train_split, val_split, classes)
-    start_epoch, start_batch = _resume(run)
+    start_epoch, start_batch = run.resume()
     if d.world_size > 1:
         device_ids = [d.device.index] if d.device.type == "cuda" else None
         run.model = nn.parallel.DistributedDataParallel(run.module, device_ids=device_ids)
     if d.main:
         _start_logging(run)
     t_start = time.perf_counter()
-    metrics = _train_epochs(run, start_epoch, start_batch)
+    metrics = run.train_epochs(start_epoch, start_batch)
     if d.main:
         _write_final_weights(run)
         _logger.info(
@@ -269,7 +294,7 @@ def _build_run(cfg: TrainConfig, d: DistInfo, train_split, val_split, classes: l
         out=out,
         classes=classes,
         module=module,
-        train_loader=train_loader,
+        loader=train_loader,
         sampler=sampler,
         val_loader=val_loader,
         img_size=img_size,
@@ -363,59 +388,6 @@ def _build_loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Mo
     return None, nn.CrossEntropyLoss()
 
 
-def _resume(run: _Run) -> tuple[int, int]:
-    """Restore the run from ``cfg.resume``: a checkpoint, or "auto" for the newest in ``output/checkpoints`` if any.
-
-    Loads the weights, optimizer, scheduler, scaler, EMA, this rank's RNG states, the global step and the epoch's
-    loss so far, and drops the log lines the interrupted run wrote after the checkpoint. Returns the epoch and the
-    batch in it to start at: (0, 0) when there is nothing to resume.
-    """
-    cfg, d = run.cfg, run.d
-    ckpt = None
-    if cfg.resume == "auto":
-        ckpt = find_resume_checkpoint(run.out)
-        if ckpt is None:
-            _logger.info("--resume auto: no checkpoint in %s, starting from scratch", run.out / "checkpoints")
-    elif cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
-    if ckpt is None:
-        return 0, 0
-    _check_resume(ckpt, cfg, run.classes, run.steps_per_epoch, run.global_batch)
-    st = ckpt.state
-    run.module.load_state_dict(ckpt.model)
-    run.optimizer.load_state_dict(st["optimizer"])
-    run.scheduler.load_state_dict(st["scheduler"])
-    run.scaler.load_state_dict(st["scaler"])
-    if run.ema is not None:
-        if ckpt.ema is None:
-            _logger.warning("checkpoint has no EMA weights; the EMA restarts from the resumed weights")
-            run.ema.module.load_state_dict(ckpt.model)
-        else:
-            run.ema.module.load_state_dict(ckpt.ema)
-    start_epoch, start_batch, run.global_step = st["epoch"], st["step_in_epoch"], st["step"]
-    run.epoch_loss = tuple(st.get("epoch_loss", (0.0, 0)))
-    rngs = st.get("rng") or []
-    if len(rngs) == d.world_size:
-        restore_rng(rngs[d.rank])
-    else:
-        _logger.warning(
-            "checkpoint has RNG states of %d processes, this run has %d; reseeding", len(rngs), d.world_size
-        )
-    _logger.info(
-        "resumed from %s: epoch %d, step %d of %d in the epoch, global step %d",
-        ckpt.path,
-        start_epoch + 1,
-        start_batch,
-        run.steps_per_epoch,
-        run.global_step,
-    )
-    if d.main:  # drop log lines the killed run wrote after this checkpoint
-        for name in ("steps.jsonl", "metrics.jsonl"):
-            rows = read_jsonl(run.out / name)
-            rewrite_jsonl(run.out / name, [r for r in rows if r.get("step", 0) <= run.global_step])
-    return start_epoch, start_batch
-
-
 def _start_logging(run: _Run) -> None:
     """Rank 0: write ``config.yaml``, open the tensorboard writer (with --tensorboard) and log the run's summary."""
     import yaml
@@ -439,7 +411,7 @@ def _start_logging(run: _Run) -> None:
         "(%d process(es) on %s), lr %.3g, warmup %s epochs, drop_path %s, mixup %s, cutmix %s, EMA %s, amp %s",
         cfg.model,
         len(run.classes),
-        len(run.train_loader.dataset),
+        len(run.loader.dataset),
         len(run.val_loader.dataset) if run.val_loader else 0,
         run.img_size,
         run.img_size,
@@ -456,196 +428,6 @@ def _start_logging(run: _Run) -> None:
         cfg.model_ema,
         cfg.amp,
     )
-
-
-def _train_epochs(run: _Run, start_epoch: int, start_batch: int) -> list[dict[str, Any]]:
-    """Train from batch ``start_batch`` of epoch ``start_epoch`` to the end; after each epoch record its metrics and
-    write a checkpoint. Returns the metric rows of the epochs trained here."""
-    metrics_rows = read_jsonl(run.out / "metrics.jsonl") if run.d.main else []  # earlier invocations' rows too
-    new_metrics: list[dict[str, Any]] = []
-    run.model.train()
-    for epoch in range(start_epoch, run.cfg.epochs):
-        t_epoch = time.perf_counter()
-        _train_epoch(run, epoch, start_batch if epoch == start_epoch else 0)
-        row = _epoch_metrics(run, epoch)
-        row["epoch_s"] = time.perf_counter() - t_epoch
-        new_metrics.append(row)
-        if run.d.main:
-            metrics_rows.append(row)
-            _log_epoch(run, row, metrics_rows)
-        run.epoch_loss = (0.0, 0)
-        _write_checkpoint(run, epoch + 1, 0)
-    return new_metrics
-
-
-def _train_epoch(run: _Run, epoch: int, first: int) -> None:
-    """One epoch's steps from batch ``first`` (past those a resumed run already trained on), with a progress bar on
-    rank 0, a step log every ``log_every`` steps and a checkpoint every ``checkpoint_every``; then an epoch-wise
-    scheduler step."""
-    cfg = run.cfg
-    run.sampler.set_epoch(epoch, first)
-    bar = None
-    batches = run.train_loader
-    if run.d.main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            run.train_loader,
-            total=run.steps_per_epoch,
-            initial=first,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            file=sys.stderr,
-            disable=None,
-            dynamic_ncols=True,
-        )
-        batches = bar
-    for i, (x, y) in enumerate(batches, start=first):
-        loss = _train_step(run, x, y, epoch, i)
-        run.epoch_loss = (run.epoch_loss[0] + loss, run.epoch_loss[1] + 1)
-        if run.global_step % max(cfg.log_every, 1) == 0:
-            _log_step(run, epoch, i + 1, loss)
-        if bar is not None:
-            lr = run.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{run.epoch_loss[0] / run.epoch_loss[1]:.4f}", lr=f"{lr:.2e}")
-        if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
-            _write_checkpoint(run, epoch, i + 1)
-    if bar is not None:
-        bar.close()
-    if not cfg.sched_on_updates:
-        run.scheduler.step(epoch + 1)
-
-
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, epoch: int, i: int) -> float:
-    """One optimizer step on batch ``i`` (mixup, AMP, gradient clipping), then the EMA and a per-update scheduler step.
-
-    Returns this rank's loss on the batch; raises FloatingPointError on a non-finite loss.
-    """
-    cfg, d = run.cfg, run.d
-    x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-    if run.mixup is not None:
-        x, y = run.mixup(x, y)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(d.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        loss = run.loss_fn(run.model(x), y)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"loss is {value} at epoch {epoch + 1}, step {i + 1}; lower --lr, "
-            "raise --warmup-epochs, or use --amp bf16 instead of fp16"
-        )
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    if cfg.clip_grad and cfg.clip_grad > 0:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.module.parameters(), cfg.clip_grad)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.global_step += 1
-    if run.ema is not None and run.global_step == 1:
-        # Start the average from the model after its first step, so that state fitted on the first batch
-        # (EcoFormer's hashing buffers) is copied rather than averaged with its unfitted initial values.
-        run.ema.set(run.module)
-    elif run.ema is not None:
-        run.ema.update(run.module, step=run.global_step)
-    if cfg.sched_on_updates:
-        run.scheduler.step_update(num_updates=run.global_step)
-    return value
-
-
-def _log_step(run: _Run, epoch: int, step_in_epoch: int, loss: float) -> None:
-    """Average the step's loss over ranks (every rank takes part); rank 0 appends it and the lr to ``steps.jsonl``
-    and tensorboard."""
-    mean_loss = all_reduce_sum([loss], run.d)[0] / run.d.world_size
-    if not run.d.main:
-        return
-    row = {
-        "epoch": epoch,
-        "step": run.global_step,
-        "step_in_epoch": step_in_epoch,
-        "loss": mean_loss,
-        "lr": run.optimizer.param_groups[0]["lr"],
-    }
-    with open(run.out / "steps.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    if run.writer is not None:
-        run.writer.add_scalar("train/loss", mean_loss, run.global_step)
-        run.writer.add_scalar("train/lr", row["lr"], run.global_step)
-
-
-def _epoch_metrics(run: _Run, epoch: int) -> dict[str, Any]:
-    """The epoch's row: train loss (mean over ranks) and lr; on eval epochs (every ``eval_every`` and the last) the
-    val loss, top-1 and top-5 of the model and, with an EMA, of the EMA."""
-    cfg, d = run.cfg, run.d
-    row: dict[str, Any] = {"epoch": epoch + 1, "step": run.global_step}
-    tl = all_reduce_sum([run.epoch_loss[0], float(run.epoch_loss[1])], d)
-    row["train_loss"] = tl[0] / max(tl[1], 1.0)
-    row["lr"] = run.optimizer.param_groups[0]["lr"]
-    last_epoch = epoch + 1 == cfg.epochs
-    if run.val_loader is not None and (last_epoch or (epoch + 1) % max(cfg.eval_every, 1) == 0):
-        m = evaluate(run.module, run.val_loader, d.device, run.amp_dtype, d, cfg.channels_last)
-        row.update(val_loss=m["loss"], top1=m["top1"], top5=m["top5"])
-        if run.ema is not None:
-            m = evaluate(run.ema.module, run.val_loader, d.device, run.amp_dtype, d, cfg.channels_last)
-            row.update(ema_val_loss=m["loss"], ema_top1=m["top1"], ema_top5=m["top5"])
-    return row
-
-
-def _log_epoch(run: _Run, row: dict[str, Any], metrics_rows: list[dict[str, Any]]) -> None:
-    """Rank 0: rewrite ``metrics.jsonl`` and ``metrics.csv`` with all rows so far, add the epoch's row to
-    tensorboard and log it."""
-    rewrite_jsonl(run.out / "metrics.jsonl", metrics_rows)
-    write_csv(run.out / "metrics.csv", metrics_rows)
-    if run.writer is not None:
-        for k, v in row.items():
-            if k not in ("epoch", "step"):
-                run.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
-    _logger.info(
-        "epoch %d/%d: %s",
-        row["epoch"],
-        run.cfg.epochs,
-        "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"),
-    )
-
-
-def _write_checkpoint(run: _Run, epoch: int, step_in_epoch: int) -> None:
-    """Checkpoint the run at batch ``step_in_epoch`` of ``epoch``: every rank's RNG states are gathered, rank 0
-    writes the weights, EMA, optimizer, scheduler, scaler and position; all ranks wait for it."""
-    cfg, d = run.cfg, run.d
-    rngs = [None] * d.world_size
-    if d.world_size > 1:
-        dist.all_gather_object(rngs, capture_rng())
-    else:
-        rngs = [capture_rng()]
-    if d.main:
-        state = dict(
-            model_name=cfg.model,
-            num_classes=len(run.classes),
-            classes=run.classes,
-            epoch=epoch,
-            step_in_epoch=step_in_epoch,
-            steps_per_epoch=run.steps_per_epoch,
-            global_batch=run.global_batch,
-            world_size=d.world_size,
-            optimizer=run.optimizer.state_dict(),
-            scheduler=run.scheduler.state_dict(),
-            scaler=run.scaler.state_dict(),
-            rng=rngs,
-            config=cfg.to_dict(),
-            epoch_loss=run.epoch_loss,
-        )
-        path = save_checkpoint(
-            run.out / "checkpoints",
-            run.global_step,
-            run.module.state_dict(),
-            state,
-            run.ema.module.state_dict() if run.ema is not None else None,
-            keep=cfg.checkpoint_keep,
-        )
-        _logger.debug("wrote %s", path)
-    if d.world_size > 1:
-        dist.barrier()
 
 
 def _write_final_weights(run: _Run) -> None:
