@@ -497,6 +497,35 @@ class _Run(TrainingRun):
                 out.update({f"val_zero_shot_{k}": v for k, v in acc.items()})
         return out
 
+    def start_logging(self) -> None:
+        """Rank 0: write ``config.json`` and log the run's summary."""
+        cfg, d = self.cfg, self.d
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.module.parameters())
+        _logger.info(
+            "training a %s CLIP (text %s, embed %d, loss %s%s) on %d pairs of %s: %d steps (%d epoch(s) x %d), global "
+            "batch %d (%d process(es) on %s), lr %.3g, warmup %d steps, amp %s; %.2fM of %.2fM parameters train",
+            cfg.model,
+            cfg.text,
+            cfg.embed_dim,
+            cfg.loss,
+            f", LiT with {cfg.unlocked_groups} unlocked group(s)" if cfg.lock_image else "",
+            len(self.train_table),
+            cfg.train_csv,
+            self.total_steps,
+            self.epochs,
+            self.steps_per_epoch,
+            self.global_batch,
+            d.world_size,
+            d.device.type,
+            cfg.lr,
+            cfg.warmup_steps,
+            cfg.amp,
+            trainable / 1e6,
+            total / 1e6,
+        )
+
 
 def train_clip(cfg: ClipTrainConfig) -> ClipTrainResult:
     """Train a CLIP as described by ``cfg`` (see the module docstring). Returns the trained model."""
@@ -505,14 +534,8 @@ def train_clip(cfg: ClipTrainConfig) -> ClipTrainResult:
     d = setup_distributed(cfg.device)
     try:
         run = _build_run(cfg, d, table)
-        start_epoch, start_batch = run.resume()
-        if d.world_size > 1:
-            device_ids = [d.device.index] if d.device.type == "cuda" else None
-            run.model = nn.parallel.DistributedDataParallel(run.module, device_ids=device_ids)
-        if d.main:
-            _start_logging(run)
         t_start = time.perf_counter()
-        metrics = run.train_epochs(start_epoch, start_batch)
+        metrics = run.fit()
         skipped = run.skipped()
         if d.main:
             save_clip(run.module, run.out / "clip")
@@ -605,33 +628,4 @@ def _build_run(cfg: ClipTrainConfig, d: DistInfo, table: ImageTextCsv) -> _Run:
         loss_fn=loss_fn,
         total_steps=total_steps,
         model=module,
-    )
-
-
-def _start_logging(run: _Run) -> None:
-    cfg, d = run.cfg, run.d
-    (run.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    trainable = sum(p.numel() for p in run.module.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in run.module.parameters())
-    _logger.info(
-        "training a %s CLIP (text %s, embed %d, loss %s%s) on %d pairs of %s: %d steps (%d epoch(s) x %d), global "
-        "batch %d (%d process(es) on %s), lr %.3g, warmup %d steps, amp %s; %.2fM of %.2fM parameters train",
-        cfg.model,
-        cfg.text,
-        cfg.embed_dim,
-        cfg.loss,
-        f", LiT with {cfg.unlocked_groups} unlocked group(s)" if cfg.lock_image else "",
-        len(run.train_table),
-        cfg.train_csv,
-        run.total_steps,
-        run.epochs,
-        run.steps_per_epoch,
-        run.global_batch,
-        d.world_size,
-        d.device.type,
-        cfg.lr,
-        cfg.warmup_steps,
-        cfg.amp,
-        trainable / 1e6,
-        total / 1e6,
     )

@@ -232,23 +232,58 @@ class _Run(TrainingRun):
             m = evaluate(self.ema.module, self.val_loader, d.device, self.amp_dtype, d, cfg.channels_last)
             row.update(ema_val_loss=m["loss"], ema_top1=m["top1"], ema_top5=m["top5"])
 
+    def start_logging(self) -> None:
+        """Rank 0: write ``config.yaml``, open the tensorboard writer (with --tensorboard) and log the run's summary."""
+        import yaml
+
+        cfg, d = self.cfg, self.d
+        (self.out / "config.yaml").write_text(
+            yaml.safe_dump(
+                dict(cfg.to_dict(), scale=list(cfg.scale), ratio=list(cfg.ratio), opt_betas=list(cfg.opt_betas)),
+                sort_keys=False,
+            )
+        )
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                _logger.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); skipped")
+        _logger.info(
+            "training %s (%d classes) on %d images (%d val) at %dx%d: %d epochs x %d steps, global batch %d "
+            "(%d process(es) on %s), lr %.3g, warmup %s epochs, drop_path %s, mixup %s, cutmix %s, EMA %s, amp %s",
+            cfg.model,
+            len(self.classes),
+            len(self.loader.dataset),
+            len(self.val_loader.dataset) if self.val_loader else 0,
+            self.img_size,
+            self.img_size,
+            cfg.epochs,
+            self.steps_per_epoch,
+            self.global_batch,
+            d.world_size,
+            d.device.type,
+            self.lr,
+            cfg.warmup_epochs,
+            "variant default" if cfg.drop_path is None else cfg.drop_path,
+            cfg.mixup,
+            cfg.cutmix,
+            cfg.model_ema,
+            cfg.amp,
+        )
+
 
 def _train(cfg: TrainConfig, d: DistInfo, train_split, val_split, classes: list[str]) -> TrainResult:
     """Build the run, resume it if asked, wrap it for DDP, train the remaining epochs, write the final weights."""
     run = _build_run(cfg, d, train_split, val_split, classes)
-    start_epoch, start_batch = run.resume()
-    if d.world_size > 1:
-        device_ids = [d.device.index] if d.device.type == "cuda" else None
-        run.model = nn.parallel.DistributedDataParallel(run.module, device_ids=device_ids)
-    if d.main:
-        _start_logging(run)
     t_start = time.perf_counter()
-    metrics = run.train_epochs(start_epoch, start_batch)
+    metrics = run.fit()
     if d.main:
         _write_final_weights(run)
         _logger.info(
             "finished %d epoch(s) in %.1fs; outputs in %s",
-            cfg.epochs - start_epoch,
+            len(metrics),
             time.perf_counter() - t_start,
             run.out,
         )
@@ -386,48 +421,6 @@ def _build_loss(cfg: TrainConfig, num_classes: int) -> tuple[Mixup | None, nn.Mo
     if cfg.smoothing > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
     return None, nn.CrossEntropyLoss()
-
-
-def _start_logging(run: _Run) -> None:
-    """Rank 0: write ``config.yaml``, open the tensorboard writer (with --tensorboard) and log the run's summary."""
-    import yaml
-
-    cfg, d = run.cfg, run.d
-    (run.out / "config.yaml").write_text(
-        yaml.safe_dump(
-            dict(cfg.to_dict(), scale=list(cfg.scale), ratio=list(cfg.ratio), opt_betas=list(cfg.opt_betas)),
-            sort_keys=False,
-        )
-    )
-    if cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            run.writer = SummaryWriter(str(run.out / "tensorboard"))
-        except ImportError:
-            _logger.warning("--tensorboard: tensorboard is not installed (pip install tensorboard); skipped")
-    _logger.info(
-        "training %s (%d classes) on %d images (%d val) at %dx%d: %d epochs x %d steps, global batch %d "
-        "(%d process(es) on %s), lr %.3g, warmup %s epochs, drop_path %s, mixup %s, cutmix %s, EMA %s, amp %s",
-        cfg.model,
-        len(run.classes),
-        len(run.loader.dataset),
-        len(run.val_loader.dataset) if run.val_loader else 0,
-        run.img_size,
-        run.img_size,
-        cfg.epochs,
-        run.steps_per_epoch,
-        run.global_batch,
-        d.world_size,
-        d.device.type,
-        run.lr,
-        cfg.warmup_epochs,
-        "variant default" if cfg.drop_path is None else cfg.drop_path,
-        cfg.mixup,
-        cfg.cutmix,
-        cfg.model_ema,
-        cfg.amp,
-    )
 
 
 def _write_final_weights(run: _Run) -> None:

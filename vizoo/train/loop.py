@@ -98,6 +98,9 @@ class TrainingRun:
         """EMA weights to checkpoint beside the model's, if the run keeps an average."""
         return None
 
+    def start_logging(self) -> None:
+        """Rank 0, before the first step: write the run's config and log its summary."""
+
     def train_mode(self) -> None:
         """Put the model in training mode before the epochs."""
         self.model.train()
@@ -122,6 +125,18 @@ class TrainingRun:
     @property
     def global_batch(self) -> int:
         return self.cfg.batch_size * self.d.world_size
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Resume if asked (:meth:`resume`), wrap ``module`` for DistributedDataParallel under several processes, log
+        the run's summary (rank 0) and train the remaining epochs. Returns the metric rows of the epochs trained here.
+        """
+        start_epoch, start_batch = self.resume()
+        if self.d.world_size > 1:
+            device_ids = [self.d.device.index] if self.d.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids)
+        if self.d.main:
+            self.start_logging()
+        return self.train_epochs(start_epoch, start_batch)
 
     def resume(self) -> tuple[int, int]:
         """Restore the run from ``cfg.resume``: a checkpoint, or "auto" for the newest in ``out/checkpoints`` if any.
