@@ -40,7 +40,8 @@ def test_three_graphs_ratios_and_rendering(tool, load_tool, tmp_path):
     assert "## onnxruntime floor of the SS2D core (cpu4)" in text
     floor_line = next(line for line in text.splitlines() if line.startswith("| test_vmamba | SS2D core at its floor |"))
     assert floor_line.rstrip(" |").split(" | ")[2] == graphs["core_floor"]["nodes"]
-    assert not any(line.startswith("| test_vit |") for line in text.splitlines())  # the baseline is the reference
+    baseline_line = next(line for line in text.splitlines() if line.startswith("| test_vit (baseline) |"))
+    assert baseline_line.rstrip(" |").split(" | ")[-1] == "1.00x"
 
 
 def test_stand_ins_fit_where_the_core_was(tool):

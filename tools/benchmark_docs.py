@@ -784,12 +784,12 @@ def onnx_scan_floor_section(path: Path, rows: list[Row]) -> Section:
     body, used_runs = [], set()
     for model, mrows in by_model.items():
         used_runs.add(mrows[0]["run"])
-        if any(r["variant"] != "exported" for r in mrows):
-            for r in mrows:
-                ratios = [fmt(num(r, f"vs_{b}"), suffix="x") for b in baselines]
-                body.append(
-                    [model, FLOOR_VARIANTS.get(r["variant"], r["variant"]), r["nodes"], fmt_ms(num(r, "ms")), *ratios]
-                )
+        label = model if any(r["variant"] != "exported" for r in mrows) else f"{short(model)} (baseline)"
+        for r in mrows:
+            ratios = [fmt(num(r, f"vs_{b}"), suffix="x") for b in baselines]
+            body.append(
+                [label, FLOOR_VARIANTS.get(r["variant"], r["variant"]), r["nodes"], fmt_ms(num(r, "ms")), *ratios]
+            )
     header = ["model", "graph", "nodes", "ms", *[f"vs {short(b)}" for b in baselines]]
     lines = [
         "How fast the d_state-1 SS2D core could run in onnxruntime with standard ONNX ops. The floor keeps only the "
