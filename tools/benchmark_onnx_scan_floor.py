@@ -104,12 +104,14 @@ def export(model: torch.nn.Module, size: int, path: Path, core=None) -> tuple[Pa
     return result.path, result.nodes
 
 
-def measure(models: list[str], baselines: list[str], rounds: int, threads: int, tmp: Path) -> list[dict]:
-    """One row per (model, variant) and per baseline, in the order they are timed."""
+def measure(
+    models: dict[str, torch.nn.Module], baselines: list[str], rounds: int, threads: int, tmp: Path
+) -> list[dict]:
+    """One row per (model, variant) and per baseline, in the order they are timed; ``models`` built by name."""
     cores = {"exported": None, "core_floor": floor_core, "no_core": no_core}
     rows, runners = [], []
     for name in [*models, *baselines]:
-        model = timm.create_model(name).eval()
+        model = models[name] if name in models else timm.create_model(name).eval()
         size = model.pretrained_cfg["input_size"][-1]
         for variant in VARIANTS if name in models else ("exported",):
             print(f"  exporting {name} ({variant})", flush=True)
@@ -139,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results CSV (default results/onnx_scan_floor_<machine>.csv)")
     args = parser.parse_args(argv)
     known = set(vizoo.list_models())
-    for name in args.models:
+    models = {}
+    for name in dict.fromkeys(args.models):
         if name not in known:
             parser.error(f"unknown vizoo model {name!r}: see `vizoo list`")
-        if not single_state_cores(timm.create_model(name)):
+        models[name] = timm.create_model(name).eval()
+        if not single_state_cores(models[name]):
             parser.error(f"{name} has no d_state-1 SS2D core to stand in for; try vmamba_tiny_s1l8")
     for name in args.baselines:
         if not timm.is_model(name):
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        rows = measure(list(dict.fromkeys(args.models)), baselines, args.rounds, args.threads, Path(tmp))
+        rows = measure(models, baselines, args.rounds, args.threads, Path(tmp))
     add_ratios(rows, baselines)
     writer.write_many(rows)
     for row in rows:

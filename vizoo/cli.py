@@ -279,8 +279,8 @@ OWN_COMMANDS = ("list", "info", "bench", "export")  # the commands this module d
 COMMAND_GROUPS = {
     "train": ("train", "finetune"),
     "prune": ("prune",),
-    "weights": ("convert", "push-to-hub", "validate"),
     "clip": ("clip-train",),
+    "weights": ("convert", "push-to-hub", "validate"),
 }
 
 
@@ -295,7 +295,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{list,info,bench,export,train,finetune,prune,clip-train,convert,push-to-hub,validate}",
+        metavar="{" + ",".join([*OWN_COMMANDS, *(name for names in COMMAND_GROUPS.values() for name in names)]) + "}",
     )
 
     p = sub.add_parser(
